@@ -1,0 +1,121 @@
+"""Checks a config before anything is built or compiled: one sentence per bad value."""
+
+import numbers
+
+import ml_collections
+
+from bnn_jax import binary, input_pipeline, layers, models, optim
+from bnn_jax.errors import InputError
+
+
+def _choice(*allowed):
+  return (lambda v: v in allowed, "one of " + ", ".join(repr(a) for a in allowed))
+
+
+_POSITIVE = (lambda v: v > 0, "a number > 0")
+_NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+_FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+_ANY = (lambda v: True, "")
+
+# dotted key -> (type, (predicate, what is allowed))
+_RULES = {
+  "seed": (int, _ANY),
+  "model.name": (str, _choice(*sorted(models.MODELS))),
+  "model.binary": (bool, _ANY),
+  "model.width": (float, _POSITIVE),
+  "model.final_activation": (str, _choice("relu", "binary")),
+  "binary.weight_estimator": (str, _choice(*binary.ESTIMATORS)),
+  "binary.weight_scale": (str, _choice(*layers.WEIGHT_SCALES)),
+  "binary.weight_scale_per": (str, _choice(*layers.SCALE_GRANULARITIES)),
+  "binary.weight_scale_init": (str, _choice(*layers.SCALE_INITS)),
+  "binary.activation_mode": (str, _choice(*binary.ACTIVATION_MODES)),
+  "binary.activation_estimator": (str, _choice(*binary.ESTIMATORS)),
+  "binary.activation_scale": (str, _choice(*layers.ACTIVATION_SCALES)),
+  "binary.beta_init": (float, _POSITIVE),
+  "data.name": (str, _choice(*input_pipeline.DATASETS)),
+  "data.path": (str, _ANY),
+  "data.augment": (str, _choice(*input_pipeline.AUGMENTATIONS)),
+  "data.train_subset": (int, _NON_NEGATIVE),
+  "optimizer.name": (str, _choice(*optim.OPTIMIZERS)),
+  "optimizer.learning_rate": (float, _POSITIVE),
+  "optimizer.b1": (float, _FRACTION),
+  "optimizer.b2": (float, _FRACTION),
+  "optimizer.eps": (float, _POSITIVE),
+  "optimizer.momentum": (float, _FRACTION),
+  "optimizer.schedule": (str, _choice(*optim.SCHEDULES)),
+  "optimizer.warmup_epochs": (float, _NON_NEGATIVE),
+  "optimizer.decay_factor": (float, _POSITIVE),
+  "optimizer.weight_decay": (float, _NON_NEGATIVE),
+  "optimizer.scale_l2": (float, _NON_NEGATIVE),
+  "optimizer.scale_l2_mode": (str, _choice(*optim.SCALE_L2_MODES)),
+  "optimizer.clip_latent_weights": (bool, _ANY),
+  "optimizer.grad_clip_norm": (float, _NON_NEGATIVE),
+  "batch_size": (int, _POSITIVE),
+  "eval_batch_size": (int, _POSITIVE),
+  "num_epochs": (float, _POSITIVE),
+  "max_steps": (int, _NON_NEGATIVE),
+  "compute_dtype": (str, _choice("float32", "bfloat16")),
+  "log_every_steps": (int, _POSITIVE),
+  "eval_every_epochs": (float, _POSITIVE),
+  "checkpoint_every_steps": (int, _POSITIVE),
+  "keep_checkpoints": (
+    int,
+    (
+      lambda v: v >= 2,
+      "an integer >= 2 (a corrupt latest checkpoint falls back to the one before)",
+    ),
+  ),
+}
+
+
+def _get(config, dotted):
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      raise InputError(f"config has no {dotted!r}; start experiment configs from configs/base.py")
+    node = node[part]
+  return node
+
+
+def _type_ok(value, kind) -> bool:
+  if kind is bool:
+    return isinstance(value, bool)
+  if kind is int:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  if kind is float:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+  return isinstance(value, kind)
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises InputError naming the first bad value of `config` and what is allowed."""
+  for key, (kind, (predicate, allowed)) in _RULES.items():
+    value = _get(config, key)
+    if not _type_ok(value, kind):
+      raise InputError(
+        f"config.{key} = {value!r} has type {type(value).__name__}; it must be a {kind.__name__}"
+        + (f", {allowed}" if allowed else "")
+      )
+    if not predicate(value):
+      raise InputError(f"config.{key} = {value!r} is not allowed; it must be {allowed}")
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % num_devices:
+      raise InputError(
+        f"config.{key} = {config[key]} must be a multiple of the number of devices "
+        f"({num_devices}), so every device gets the same share of a batch"
+      )
+  if config.optimizer.warmup_epochs >= config.num_epochs:
+    raise InputError(
+      f"config.optimizer.warmup_epochs = {config.optimizer.warmup_epochs} must be less than "
+      f"config.num_epochs = {config.num_epochs}"
+    )
+  if config.data.name in ("npz", "mnist") and not config.data.path:
+    raise InputError(f"config.data.name {config.data.name!r} needs config.data.path, a folder")
+
+
+def check_against_data(config: ml_collections.ConfigDict, num_train: int) -> None:
+  """Checks the values that depend on the dataset's size."""
+  if config.batch_size > num_train:
+    raise InputError(
+      f"config.batch_size = {config.batch_size} is larger than the {num_train} training examples"
+    )

@@ -1,0 +1,296 @@
+"""Small image datasets held in memory and on the device; knows nothing of models.
+
+Sources (config.data.name):
+  cifar10        tensorflow-datasets `cifar10` (downloads; offline, put the original
+                 `cifar-10-binary.tar.gz` in config.data.manual_dir)
+  fashion_mnist  MNIST-format IDX files (optionally .gz) in config.data.path, by default
+                 /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist)
+  mnist          the same IDX layout; config.data.path is required
+  npz            config.data.path holds train.npz and test.npz, each with `images` uint8
+                 [N, H, W, C] (or [N, H, W]) and integer `labels` [N]
+  fake           random class-dependent images for tests; no files
+
+The whole dataset (uint8) is placed on the devices once. Per-epoch shuffling, batch selection and
+augmentation (pad-4 random crop, horizontal flip) then run on the device inside the jitted train
+step, from the step counter alone: nothing to prefetch, nothing to starve, and a resumed run sees
+exactly the batches it would have seen.
+"""
+
+import dataclasses
+import gzip
+import pathlib
+import struct
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bnn_jax.errors import InputError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+AUGMENTATIONS = ("crop_flip", "flip", "none")
+
+
+@dataclasses.dataclass
+class InMemoryDataset:
+  """Train and test images (uint8, NHWC) and labels (int32), with per-channel mean and std."""
+
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train_images.shape[1:])
+
+  @property
+  def mean(self) -> np.ndarray:
+    return self.train_images.reshape(-1, self.image_shape[-1]).mean(0) / 255.0
+
+  @property
+  def std(self) -> np.ndarray:
+    return self.train_images.reshape(-1, self.image_shape[-1]).std(0) / 255.0
+
+
+def _as_nhwc(images: np.ndarray) -> np.ndarray:
+  return images[..., None] if images.ndim == 3 else images
+
+
+# ----------------------------------------------------------------------------- IDX files
+
+
+def _open_maybe_gz(path: pathlib.Path) -> bytes:
+  try:
+    if path.suffix == ".gz":
+      with gzip.open(path, "rb") as f:
+        return f.read()
+    return path.read_bytes()
+  except (OSError, EOFError, gzip.BadGzipFile) as e:
+    raise InputError(f"data file {path} is truncated or corrupt ({e}); replace it") from e
+
+
+def read_idx(path: pathlib.Path) -> np.ndarray:
+  """Reads an MNIST-format IDX file of unsigned bytes (magic 0x0801 or 0x0803)."""
+  raw = _open_maybe_gz(path)
+  if len(raw) < 8 or raw[0:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] not in (1, 3):
+    raise InputError(
+      f"data file {path} is not an IDX file of unsigned bytes (expected magic 0x00000801 "
+      f"or 0x00000803)"
+    )
+  ndim = raw[3]
+  dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+  expected = int(np.prod(dims))
+  data = raw[4 + 4 * ndim :]
+  if len(data) != expected:
+    raise InputError(
+      f"data file {path} is truncated or corrupt: its header promises {expected} bytes of "
+      f"data for shape {dims}, the file holds {len(data)}"
+    )
+  return np.frombuffer(data, np.uint8).reshape(dims)
+
+
+def _find(folder: pathlib.Path, stem: str) -> pathlib.Path:
+  for name in (stem, stem + ".gz"):
+    if (folder / name).exists():
+      return folder / name
+  raise InputError(f"data folder {folder} has no {stem} (or {stem}.gz); expected the MNIST layout")
+
+
+def load_idx_folder(path: str) -> InMemoryDataset:
+  """MNIST / Fashion-MNIST IDX files: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]."""
+  folder = pathlib.Path(path)
+  if not folder.is_dir():
+    raise InputError(
+      f"data.path {str(folder)!r} is not a folder; give the folder of the IDX files "
+      f"(Fashion-MNIST: apt-get install dataset-fashion-mnist puts them in {FASHION_MNIST_DIR})"
+    )
+  arrays = {}
+  for split, prefix in (("train", "train"), ("test", "t10k")):
+    images = read_idx(_find(folder, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+      raise InputError(
+        f"IDX files of the {split} split in {folder} disagree: images {images.shape}, "
+        f"labels {labels.shape}"
+      )
+    arrays[split] = (_as_nhwc(images), labels.astype(np.int32))
+  return _dataset(arrays, f"data folder {folder}")
+
+
+# ----------------------------------------------------------------------------- .npz files
+
+
+def load_npz_folder(path: str) -> InMemoryDataset:
+  """train.npz and test.npz with `images` uint8 [N, H, W(, C)] and `labels` [N]."""
+  folder = pathlib.Path(path)
+  if not folder.is_dir():
+    raise InputError(f"data.path {str(folder)!r} is not a folder holding train.npz and test.npz")
+  arrays = {}
+  for split in ("train", "test"):
+    file = folder / f"{split}.npz"
+    if not file.exists():
+      raise InputError(f"data folder {folder} has no {split}.npz")
+    try:
+      with np.load(file) as z:
+        if "images" not in z or "labels" not in z:
+          raise InputError(f"{file} must hold arrays 'images' and 'labels'; it holds {z.files}")
+        images, labels = z["images"], z["labels"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      if isinstance(e, InputError):
+        raise
+      raise InputError(f"data file {file} is truncated or corrupt ({e}); replace it") from e
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
+      raise InputError(
+        f"{file}: 'images' must be uint8 [N, H, W] or [N, H, W, C] with one label each; got "
+        f"{images.dtype} {images.shape} and labels {labels.shape}"
+      )
+    arrays[split] = (_as_nhwc(images), labels.astype(np.int32))
+  return _dataset(arrays, f"data folder {folder}")
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+def load_tfds(name: str, data: ml_collections.ConfigDict) -> InMemoryDataset:
+  """A tfds image classification dataset, both splits read whole into memory."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  # tfds only reads files here; keep TensorFlow off the accelerators JAX uses.
+  tf.config.set_visible_devices([], "GPU")
+  kwargs = {}
+  if data.manual_dir:
+    kwargs["download_and_prepare_kwargs"] = {
+      "download_config": tfds.download.DownloadConfig(manual_dir=data.manual_dir)
+    }
+  try:
+    splits = tfds.load(
+      name,
+      split=["train", "test"],
+      batch_size=-1,
+      as_supervised=True,
+      data_dir=data.tfds_data_dir or None,
+      **kwargs,
+    )
+  except Exception as e:  # tfds raises many types for "cannot download or find the data"
+    raise InputError(
+      f"tensorflow-datasets could not load {name!r} ({type(e).__name__}: {e}); on a machine "
+      f"without internet put the original archive in data.manual_dir"
+    ) from e
+  arrays = {}
+  for split, (images, labels) in zip(("train", "test"), splits):
+    arrays[split] = (_as_nhwc(np.asarray(images, np.uint8)), np.asarray(labels, np.int32))
+  return _dataset(arrays, f"tfds {name}")
+
+
+# ----------------------------------------------------------------------------- fake
+
+
+def load_fake(data: ml_collections.ConfigDict) -> InMemoryDataset:
+  """Random images whose per-class mean differs: learnable, small, no files."""
+  rng = np.random.default_rng(data.fake_seed)
+  height, width, channels = data.fake_image_shape
+  num_classes = data.fake_num_classes
+  class_means = rng.uniform(64, 192, size=(num_classes, 1, 1, channels))
+  arrays = {}
+  for split, n in (("train", data.fake_train_size), ("test", data.fake_test_size)):
+    labels = rng.integers(0, num_classes, size=n).astype(np.int32)
+    noise = rng.normal(0, 48, size=(n, height, width, channels))
+    images = np.clip(class_means[labels] + noise, 0, 255).astype(np.uint8)
+    arrays[split] = (images, labels)
+  return _dataset(arrays, "fake data", num_classes)
+
+
+def _dataset(arrays, source: str, num_classes: int | None = None) -> InMemoryDataset:
+  (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
+  if xtr.shape[1:] != xte.shape[1:]:
+    raise InputError(
+      f"{source}: train images {xtr.shape[1:]} and test images {xte.shape[1:]} differ"
+    )
+  if len(ytr) == 0 or len(yte) == 0:
+    raise InputError(f"{source}: a split is empty (train {len(ytr)}, test {len(yte)})")
+  if min(ytr.min(), yte.min()) < 0:
+    raise InputError(f"{source}: labels must be non-negative integers")
+  num_classes = num_classes or int(max(ytr.max(), yte.max())) + 1
+  return InMemoryDataset(xtr, ytr, xte, yte, num_classes)
+
+
+DATASETS = ("cifar10", "fashion_mnist", "mnist", "npz", "fake")
+
+
+def load(data: ml_collections.ConfigDict) -> InMemoryDataset:
+  """Loads config.data; bad names, folders and files raise InputError before anything compiles."""
+  name = data.name
+  if name == "cifar10":
+    ds = load_tfds("cifar10", data)
+  elif name == "fashion_mnist":
+    ds = load_idx_folder(data.path or FASHION_MNIST_DIR)
+  elif name == "mnist":
+    if not data.path:
+      raise InputError("data.name 'mnist' needs data.path, the folder of the MNIST IDX files")
+    ds = load_idx_folder(data.path)
+  elif name == "npz":
+    ds = load_npz_folder(data.path)
+  elif name == "fake":
+    ds = load_fake(data)
+  else:
+    raise InputError(f"unknown data.name {name!r}; allowed: {', '.join(DATASETS)}")
+  if data.train_subset:
+    ds.train_images = ds.train_images[: data.train_subset]
+    ds.train_labels = ds.train_labels[: data.train_subset]
+  return ds
+
+
+# ----------------------------------------------------------------------------- on device
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 [..., C] -> float32, per-channel standardized."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def augment(images: jax.Array, key: jax.Array, kind: str, padding: int = 4) -> jax.Array:
+  """Random crop after zero padding by `padding` and/or horizontal flip, per example."""
+  if kind == "none":
+    return images
+  batch, height, width, _ = images.shape
+  crop_key, flip_key = jax.random.split(key)
+  if kind == "crop_flip":
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * padding + 1)
+
+    def crop(image, offset):
+      return jax.lax.dynamic_slice(
+        image, (offset[0], offset[1], 0), (height, width, image.shape[-1])
+      )
+
+    images = jax.vmap(crop)(padded, offsets)
+  flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1, 1))
+  return jnp.where(flip, images[:, :, ::-1, :], images)
+
+
+def train_batch_indices(step: jax.Array, num_examples: int, batch_size: int, key: jax.Array):
+  """Indices of the examples of train step `step`: a fresh permutation every epoch.
+
+  The last num_examples % batch_size examples of each (shuffled) epoch are dropped.
+  """
+  steps_per_epoch = num_examples // batch_size
+  epoch, within = step // steps_per_epoch, step % steps_per_epoch
+  perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+  return jax.lax.dynamic_slice_in_dim(perm, within * batch_size, batch_size)
+
+
+def pad_for_eval(images: np.ndarray, labels: np.ndarray, batch_size: int):
+  """Pads to a multiple of batch_size; returns images, labels, mask (1 for real examples)."""
+  n = len(labels)
+  total = -(-n // batch_size) * batch_size
+  pad = total - n
+  mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+  images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+  labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+  return images, labels, mask

@@ -1,0 +1,189 @@
+"""Flax NNX binary layers: a Scale variable type, binary conv, dense and activation layers."""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bnn_jax import binary
+
+WEIGHT_SCALES = ("trainable", "mean_abs", "none")
+SCALE_GRANULARITIES = ("channel", "layer")
+SCALE_INITS = ("mean_abs", "one")
+ACTIVATION_SCALES = ("trainable", "none")
+
+
+class Scale(nnx.Param):
+  """A trainable scaling factor of a binary layer: alpha (weights) or beta (activations)."""
+
+
+class WeightScale(Scale):
+  """alpha: the scale of a binary kernel, one per output channel (or one per layer)."""
+
+
+class ActivationScale(Scale):
+  """beta: the scale of a binary activation, one scalar per binarized input."""
+
+
+class LatentWeight(nnx.Param):
+  """The real-valued latent weights behind a binary kernel; the optimizer clips them to [-1, 1]."""
+
+
+def _check_choice(what: str, value, allowed: Sequence) -> None:
+  if value not in allowed:
+    raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+class BinaryActivation(nnx.Module):
+  """beta * H(x) (or beta * sign(x)) with the chosen estimator; beta is one trainable scalar."""
+
+  def __init__(
+    self,
+    *,
+    mode: str = "step",
+    estimator: str = "long_tailed",
+    scale: str = "trainable",
+    beta_init: float = 1.0,
+  ):
+    binary.check_activation_mode(mode)
+    binary.check_estimator(estimator)
+    _check_choice("activation scale", scale, ACTIVATION_SCALES)
+    self.mode = mode
+    self.estimator = estimator
+    self.beta = (
+      ActivationScale(jnp.asarray(beta_init, jnp.float32)) if scale == "trainable" else None
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    beta = jnp.ones((), x.dtype) if self.beta is None else self.beta[...].astype(x.dtype)
+    return binary.binarize_activation(x, beta, self.mode, self.estimator)
+
+
+class _BinaryKernel(nnx.Module):
+  """Latent weights [..., in, out] and their scale alpha; `binary_kernel()` gives alpha * sign(W)."""
+
+  def _init_kernel(self, w, *, estimator, scale, scale_per, scale_init):
+    binary.check_estimator(estimator)
+    _check_choice("weight scale", scale, WEIGHT_SCALES)
+    _check_choice("weight scale granularity", scale_per, SCALE_GRANULARITIES)
+    _check_choice("weight scale init", scale_init, SCALE_INITS)
+    self.estimator = estimator
+    self.scale = scale
+    self.scale_per = scale_per
+    self.kernel = LatentWeight(w)
+    if scale == "trainable":
+      alpha = (
+        self._mean_abs(w)
+        if scale_init == "mean_abs"
+        else jnp.ones(self._alpha_shape(w), jnp.float32)
+      )
+      self.alpha = WeightScale(alpha)
+    else:
+      self.alpha = None
+
+  def _alpha_shape(self, w):
+    return (w.shape[-1],) if self.scale_per == "channel" else ()
+
+  def _mean_abs(self, w):
+    axes = tuple(range(w.ndim - 1)) if self.scale_per == "channel" else None
+    return jnp.mean(jnp.abs(w), axis=axes)
+
+  def effective_alpha(self) -> jax.Array:
+    """alpha as used in the forward pass: shape [out] or []."""
+    w = self.kernel[...]
+    if self.scale == "trainable":
+      return self.alpha[...]
+    if self.scale == "mean_abs":
+      # Magnitude-aware sign (XNOR-Net / Bi-Real): alpha follows W, no gradient through it.
+      return jax.lax.stop_gradient(self._mean_abs(w))
+    return jnp.ones(self._alpha_shape(w), w.dtype)
+
+  def binary_kernel(self) -> jax.Array:
+    """alpha * sign(W) with the configured estimator in the backward pass."""
+    return binary.binarize_weight(self.kernel[...], self.effective_alpha(), self.estimator)
+
+
+class BinaryConv(_BinaryKernel):
+  """2-D convolution (NHWC, no bias) with a binarized kernel [kh, kw, in, out]."""
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: Sequence[int],
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: str | Sequence[tuple[int, int]] = "SAME",
+    estimator: str = "higher_order",
+    scale: str = "trainable",
+    scale_per: str = "channel",
+    scale_init: str = "mean_abs",
+    kernel_init=nnx.initializers.lecun_normal(),
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
+    kernel_size = tuple(kernel_size)
+    self.strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    self.padding = padding
+    self.dtype = dtype
+    w = kernel_init(rngs.params(), (*kernel_size, in_features, out_features), jnp.float32)
+    self._init_kernel(
+      w, estimator=estimator, scale=scale, scale_per=scale_per, scale_init=scale_init
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.binary_kernel()
+    if self.dtype is not None:
+      x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    return jax.lax.conv_general_dilated(
+      x,
+      kernel.astype(x.dtype),
+      window_strides=self.strides,
+      padding=self.padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
+class BinaryDense(_BinaryKernel):
+  """Dense layer with a binarized kernel [in, out] and an optional full-precision bias."""
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    use_bias: bool = False,
+    estimator: str = "higher_order",
+    scale: str = "trainable",
+    scale_per: str = "channel",
+    scale_init: str = "mean_abs",
+    kernel_init=nnx.initializers.lecun_normal(),
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
+    self.dtype = dtype
+    w = kernel_init(rngs.params(), (in_features, out_features), jnp.float32)
+    self._init_kernel(
+      w, estimator=estimator, scale=scale, scale_per=scale_per, scale_init=scale_init
+    )
+    self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.binary_kernel()
+    if self.dtype is not None:
+      x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    y = x @ kernel.astype(x.dtype)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(y.dtype)
+    return y
+
+
+def scales_by_layer(model: nnx.Module) -> dict[str, jax.Array]:
+  """Mean of every Scale variable, keyed "alpha/<layer path>" or "beta/<layer path>"."""
+  out = {}
+  for path, var in nnx.iter_graph(model):
+    if isinstance(var, Scale):
+      *layer, kind = (str(p) for p in path)
+      out[f"{kind}/{'.'.join(layer)}"] = jnp.mean(var[...])
+  return out

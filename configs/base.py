@@ -1,0 +1,72 @@
+"""The common base of every config: the paper's recipe (PAPER.md) with every switch named.
+
+Experiment configs start from `get_config()` here and change what differs. Every [R] choice of
+PAPER.md is a value below that can be overridden from the command line, e.g.
+`--config.binary.weight_estimator=ste`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "vgg_small"  # see bnn_jax.models.MODELS
+  c.model.binary = True  # False: the same network in full precision with ReLU
+  c.model.width = 1.0  # channel multiplier
+  c.model.final_activation = "relu"  # before the final dense layer: "relu" or "binary"
+
+  c.binary = ml_collections.ConfigDict()
+  c.binary.weight_estimator = "higher_order"  # bnn_jax.binary.ESTIMATORS
+  c.binary.weight_scale = "trainable"  # alpha: "trainable", "mean_abs" (fixed, XNOR), "none"
+  c.binary.weight_scale_per = "channel"  # "channel" or "layer"
+  c.binary.weight_scale_init = "mean_abs"  # "mean_abs" of the channel's latent weights, or "one"
+  c.binary.activation_mode = "step"  # "step": {0, beta}; "sign": {-beta, +beta}
+  c.binary.activation_estimator = "long_tailed"
+  c.binary.activation_scale = "trainable"  # beta: "trainable" or "none"
+  c.binary.beta_init = 1.0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "cifar10"  # bnn_jax.input_pipeline.DATASETS
+  c.data.path = ""  # folder of IDX or .npz files (fashion_mnist, mnist, npz)
+  c.data.tfds_data_dir = ""  # tfds data_dir; "" = tfds default
+  c.data.manual_dir = ""  # offline CIFAR-10: folder holding cifar-10-binary.tar.gz
+  c.data.augment = "crop_flip"  # "crop_flip", "flip" or "none"
+  c.data.train_subset = 0  # >0: train on the first N training examples only
+  c.data.fake_image_shape = (8, 8, 3)
+  c.data.fake_num_classes = 4
+  c.data.fake_train_size = 64
+  c.data.fake_test_size = 40
+  c.data.fake_seed = 0
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"  # "adam" or "sgd" (with momentum)
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.schedule = "cosine"  # "cosine" (to 0), "step" or "constant"
+  c.optimizer.warmup_epochs = 0.0
+  c.optimizer.decay_epochs = (100.0, 150.0)  # schedule "step": multiply by decay_factor here
+  c.optimizer.decay_factor = 0.1
+  c.optimizer.weight_decay = 5e-4  # L2 on full-precision kernels only
+  c.optimizer.scale_l2 = 5e-4  # lambda_alpha: lambda * sum(alpha ** 2) over weight scales
+  c.optimizer.scale_l2_mode = "coupled"  # "coupled" (in the gradient) or "decoupled" (AdamW)
+  c.optimizer.clip_latent_weights = True  # latent binary weights kept in [-1, 1]
+  c.optimizer.grad_clip_norm = 0.0  # 0 = off
+
+  c.batch_size = 128  # global, over all devices and processes
+  c.eval_batch_size = 500
+  c.num_epochs = 200.0
+  c.max_steps = 0  # >0: stop after this many steps (the schedule still spans num_epochs)
+  c.compute_dtype = "float32"  # "float32" or "bfloat16" (master weights stay float32)
+
+  c.log_every_steps = 100
+  c.eval_every_epochs = 1.0
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  return c
