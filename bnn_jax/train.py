@@ -344,6 +344,26 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
+class MetricsLog:
+  """Appends {"step": N, name: value, ...} lines to workdir/metrics.jsonl (process 0 only).
+
+  The same scalars go to TensorBoard through clu; this file is for scripts (ablations, tests).
+  """
+
+  def __init__(self, workdir: pathlib.Path):
+    self.path = workdir / "metrics.jsonl"
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if jax.process_index() == 0:
+      with self.path.open("a") as f:
+        f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+
+  def read(self) -> list[dict]:
+    if not self.path.exists():
+      return []
+    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
 def _flush(pending, writer, last_good_step) -> dict[str, float]:
   """Fetches the pending per-step metrics, checks them, writes their mean at the last step."""
   steps, metrics = zip(*pending)
@@ -357,7 +377,7 @@ def _flush(pending, writer, last_good_step) -> dict[str, float]:
   mean = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
   writer.write_scalars(steps[-1], {f"train/{k}": v for k, v in mean.items()})
   pending.clear()
-  return mean
+  return steps, values, mean
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -409,6 +429,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total_steps,
     jax.device_count(),
   )
+  metrics_log = MetricsLog(workdir)
   report = periodic_actions.ReportProgress(num_train_steps=stop_step, writer=writer)
   pending, last_good, result = [], start, {}
   window_start, window_step = time.time(), start
@@ -421,9 +442,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     evaluate_now = done % eval_every == 0 or last
     save_now = done % config.checkpoint_every_steps == 0 or last
     if done % config.log_every_steps == 0 or evaluate_now or save_now:
-      mean = _flush(pending, writer, last_good)
+      steps, values, mean = _flush(pending, writer, last_good)
       images_per_sec = (done - window_step) * config.batch_size / (time.time() - window_start)
       writer.write_scalars(done, {"train/images_per_sec": images_per_sec})
+      for s, v in zip(steps, values):  # every step's loss, for exact comparisons in tests
+        metrics_log.write(s, {"train/loss": float(v["loss"]), "train/ce": float(v["ce"])})
+      metrics_log.write(done, {f"train_mean/{k}": v for k, v in mean.items()}
+                        | {"train/images_per_sec": images_per_sec})
       logging.info(
         "step %d: loss %.4f, accuracy %.4f, %.1f images/s",
         done,
@@ -435,6 +460,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if evaluate_now:
       result = evaluate(eval_step, state, eval_data, num_eval_batches)
       writer.write_scalars(done, {f"eval/{k}": v for k, v in result.items()})
+      metrics_log.write(done, {f"eval/{k}": v for k, v in result.items()})
       logging.info(
         "step %d: test accuracy %.4f, test loss %.4f (%d examples)",
         done,

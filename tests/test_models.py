@@ -1,0 +1,63 @@
+"""Models: VGG-Small's layout and size, float and binary from one definition."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from bnn_jax import layers, models
+
+
+def _vgg(test_config, binary, width=1.0, image_shape=(32, 32, 3)):
+  test_config.model.binary = binary
+  test_config.model.width = width
+  return models.create_model(test_config, 10, image_shape, nnx.Rngs(0))
+
+
+def _weights_without_bn_and_scales(model):
+  """Conv and dense weights (dense bias included), BatchNorm and scales aside (PAPER.md)."""
+  total = 0
+  for path, var in nnx.iter_graph(model):
+    if isinstance(var, nnx.Param) and not isinstance(var, layers.Scale):
+      if not str(path[0]).startswith("bn"):
+        total += var[...].size
+  return total
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_vgg_small_has_the_papers_weight_count(test_config, binary):
+  model = _vgg(test_config, binary)
+  assert _weights_without_bn_and_scales(model) == 4_656_522
+
+
+def test_float_and_binary_vgg_share_every_shape_but_the_scales(test_config):
+  shapes = lambda m, kind: jax.tree.map(jnp.shape, nnx.state(m, kind))
+  binary, full = _vgg(test_config, True), _vgg(test_config, False)
+  assert nnx.to_pure_dict(shapes(binary, nnx.Not(layers.Scale))) == nnx.to_pure_dict(
+      shapes(full, nnx.Everything())
+  )
+  assert len(jax.tree.leaves(nnx.state(binary, layers.WeightScale))) == 5
+  assert len(jax.tree.leaves(nnx.state(binary, layers.ActivationScale))) == 5
+  assert len(jax.tree.leaves(nnx.state(full, layers.Scale))) == 0
+
+
+def test_vgg_small_binary_layers_are_conv1_to_conv5(test_config):
+  model = _vgg(test_config, True, width=1 / 16)
+  binary = sorted(str(p[0]) for p, v in nnx.iter_graph(model)
+                  if isinstance(v, layers.LatentWeight))
+  assert binary == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+  assert isinstance(model.conv0, nnx.Conv) and isinstance(model.head, nnx.Linear)
+
+
+@pytest.mark.parametrize("image_shape", [(32, 32, 3), (28, 28, 1), (8, 8, 3)])
+def test_vgg_small_output_shape(test_config, image_shape):
+  model = _vgg(test_config, True, width=1 / 16, image_shape=image_shape)
+  assert model(jnp.zeros((2, *image_shape)), train=True).shape == (2, 10)
+
+
+def test_too_small_images_and_unknown_model_are_refused(test_config):
+  with pytest.raises(ValueError, match="too small for VGG-Small"):
+    _vgg(test_config, True, width=1 / 16, image_shape=(4, 4, 3))
+  test_config.model.name = "vgg_huge"
+  with pytest.raises(ValueError, match="unknown model 'vgg_huge'; allowed:"):
+    models.create_model(test_config, 10, (32, 32, 3), nnx.Rngs(0))
