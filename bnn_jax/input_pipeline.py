@@ -30,6 +30,8 @@ import numpy as np
 from bnn_jax.errors import InputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+# The archive tfds looks for in manual_dir instead of downloading it.
+TFDS_ARCHIVES = {"cifar10": "cifar-10-binary.tar.gz"}
 AUGMENTATIONS = ("crop_flip", "flip", "none")
 
 
@@ -163,27 +165,37 @@ def load_tfds(name: str, data: ml_collections.ConfigDict) -> InMemoryDataset:
   # tfds only reads files here; keep TensorFlow off the accelerators JAX uses.
   tf.config.set_visible_devices([], "GPU")
   kwargs = {}
+  archive = TFDS_ARCHIVES.get(name)
+  if data.manual_dir and archive and not (pathlib.Path(data.manual_dir) / archive).is_file():
+    raise InputError(
+      f"data.manual_dir {data.manual_dir!r} has no {archive}; put the original archive there "
+      f"(tfds then prepares {name} without downloading)"
+    )
   if data.manual_dir:
     kwargs["download_and_prepare_kwargs"] = {
       "download_config": tfds.download.DownloadConfig(manual_dir=data.manual_dir)
     }
+  arrays = {}
   try:
-    splits = tfds.load(
-      name,
-      split=["train", "test"],
-      batch_size=-1,
-      as_supervised=True,
-      data_dir=data.tfds_data_dir or None,
-      **kwargs,
-    )
+    for split in ("train", "test"):
+      # Read in batches and concatenate: batch_size=-1 (one tensor) crashes under mock_data.
+      ds = tfds.load(
+        name,
+        split=split,
+        batch_size=1024,
+        as_supervised=True,
+        data_dir=data.tfds_data_dir or None,
+        **kwargs,
+      )
+      batches = list(tfds.as_numpy(ds))
+      images = np.concatenate([b[0] for b in batches]).astype(np.uint8)
+      labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
+      arrays[split] = (_as_nhwc(images), labels)
   except Exception as e:  # tfds raises many types for "cannot download or find the data"
     raise InputError(
-      f"tensorflow-datasets could not load {name!r} ({type(e).__name__}: {e}); on a machine "
-      f"without internet put the original archive in data.manual_dir"
+      f"tensorflow-datasets could not load {name!r} ({type(e).__name__}: {str(e)[:300]}); on a "
+      f"machine without internet put the original archive in data.manual_dir"
     ) from e
-  arrays = {}
-  for split, (images, labels) in zip(("train", "test"), splits):
-    arrays[split] = (_as_nhwc(np.asarray(images, np.uint8)), np.asarray(labels, np.int32))
   return _dataset(arrays, f"tfds {name}")
 
 

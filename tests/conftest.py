@@ -22,4 +22,6 @@ def test_config():
 def require_fashion_mnist():
   """Skips the calling test, saying why, when the Fashion-MNIST files are absent."""
   if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
-    pytest.skip(f"Fashion-MNIST not found in {FASHION_MNIST}: apt-get install dataset-fashion-mnist")
+    pytest.skip(
+      f"Fashion-MNIST not found in {FASHION_MNIST}: apt-get install dataset-fashion-mnist"
+    )

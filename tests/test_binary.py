@@ -11,7 +11,7 @@ from bnn_jax import binary
 
 BREAKPOINTS = [0.0, 0.4, -0.4, 0.5, -0.5, 1.0, -1.0]
 GRID = np.array(
-    sorted(set(BREAKPOINTS) | set(np.round(np.linspace(-1.5, 1.5, 61), 6).tolist())), np.float32
+  sorted(set(BREAKPOINTS) | set(np.round(np.linspace(-1.5, 1.5, 61), 6).tolist())), np.float32
 )
 
 
@@ -35,16 +35,16 @@ def ste(x):
 
 def swish_sign_derivative(x, b=5.0):  # d/dx of 2 sigmoid(bx) (1 + bx (1 - sigmoid(bx))) - 1
   return jax.grad(
-      lambda t: 2 * jax.nn.sigmoid(b * t) * (1 + b * t * (1 - jax.nn.sigmoid(b * t))) - 1
+    lambda t: 2 * jax.nn.sigmoid(b * t) * (1 + b * t * (1 - jax.nn.sigmoid(b * t))) - 1
   )(jnp.float32(x))
 
 
 FORMULAS = {
-    "long_tailed": (long_tailed, "step"),
-    "higher_order": (higher_order, "sign"),
-    "approx_sign": (approx_sign, "sign"),
-    "ste": (ste, "sign"),
-    "swish_sign": (swish_sign_derivative, "sign"),
+  "long_tailed": (long_tailed, "step"),
+  "higher_order": (higher_order, "sign"),
+  "approx_sign": (approx_sign, "sign"),
+  "ste": (ste, "sign"),
+  "swish_sign": (swish_sign_derivative, "sign"),
 }
 
 # The swish-sign reference is autodiff of the forward function, the estimator its closed form:
@@ -65,20 +65,26 @@ def test_every_estimator_has_a_formula():
 def test_paper_estimator_values_at_breakpoints():
   x = jnp.array([0.0, 0.2, 0.4, 0.41, 1.0, 1.01, -0.4, -1.0])
   np.testing.assert_allclose(
-      binary.surrogate_derivative("long_tailed", x, "step"),
-      [2.0, 1.2, 0.4, 0.4, 0.4, 0.0, 0.4, 0.4],
-      atol=1e-6,
+    binary.surrogate_derivative("long_tailed", x, "step"),
+    [2.0, 1.2, 0.4, 0.4, 0.4, 0.0, 0.4, 0.4],
+    atol=1e-6,
   )
   np.testing.assert_allclose(
-      binary.surrogate_derivative("higher_order", jnp.array([0.0, 0.25, 0.5, 0.6]), "sign"),
-      [2.0, 1.0, 0.0, 0.0],
-      atol=1e-6,
+    binary.surrogate_derivative("higher_order", jnp.array([0.0, 0.25, 0.5, 0.6]), "sign"),
+    [2.0, 1.0, 0.0, 0.0],
+    atol=1e-6,
   )
 
 
 @pytest.mark.parametrize(
-    "name,integral", [("long_tailed", 1.44), ("higher_order", 1.0), ("approx_sign", 2.0),
-                      ("ste", 2.0), ("swish_sign", 2.0)]
+  "name,integral",
+  [
+    ("long_tailed", 1.44),
+    ("higher_order", 1.0),
+    ("approx_sign", 2.0),
+    ("ste", 2.0),
+    ("swish_sign", 2.0),
+  ],
 )
 def test_estimator_integrals_are_not_renormalized(name, integral):
   fn, _ = binary.ESTIMATORS[name]
@@ -98,8 +104,10 @@ def test_activation_forward_and_gradients(mode, estimator):
   np.testing.assert_array_equal(out, 0.7 * levels)
   dx, dbeta = vjp(g)
   np.testing.assert_allclose(
-      dx, np.asarray(g) * 0.7 * expected_derivative(estimator, GRID, mode), rtol=1e-5,
-      atol=ATOL[estimator],
+    dx,
+    np.asarray(g) * 0.7 * expected_derivative(estimator, GRID, mode),
+    rtol=1e-5,
+    atol=ATOL[estimator],
   )
   np.testing.assert_allclose(dbeta, np.sum(np.asarray(g) * levels), rtol=1e-5)
 
@@ -123,8 +131,8 @@ def test_weight_forward_and_gradients(estimator):
   sign = np.where(w >= 0, 1.0, -1.0)  # sign(0) = +1
   np.testing.assert_array_equal(out, np.asarray(alpha) * sign)
   dw, dalpha = vjp(jnp.asarray(g))
-  expected_dw = g * np.asarray(alpha) * expected_derivative(estimator, w.ravel(), "sign").reshape(
-      w.shape
+  expected_dw = (
+    g * np.asarray(alpha) * expected_derivative(estimator, w.ravel(), "sign").reshape(w.shape)
   )
   np.testing.assert_allclose(dw, expected_dw, rtol=1e-5, atol=ATOL[estimator])
   np.testing.assert_allclose(dalpha, np.sum(g * sign, axis=0), rtol=1e-5)
@@ -136,8 +144,9 @@ def test_weight_scale_per_layer_gradient_is_a_scalar_sum():
   _, vjp = jax.vjp(lambda w, a: binary.binarize_weight(w, a, "higher_order"), w, jnp.float32(0.5))
   _, dalpha = vjp(g)
   assert dalpha.shape == ()
-  np.testing.assert_allclose(dalpha, np.sum(np.asarray(g) * np.where(np.asarray(w) >= 0, 1, -1)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    dalpha, np.sum(np.asarray(g) * np.where(np.asarray(w) >= 0, 1, -1)), rtol=1e-5
+  )
 
 
 def test_unknown_estimator_and_mode_name_the_allowed_values():

@@ -10,8 +10,9 @@ from bnn_jax import layers
 
 
 def _conv(x, w):
-  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 def test_binary_conv_uses_alpha_times_sign_and_alpha_starts_at_mean_abs():
@@ -26,8 +27,9 @@ def test_binary_conv_uses_alpha_times_sign_and_alpha_starts_at_mean_abs():
   assert isinstance(conv.alpha, layers.WeightScale)
 
 
-@pytest.mark.parametrize("scale,expect_alpha", [("trainable", True), ("mean_abs", False),
-                                                 ("none", False)])
+@pytest.mark.parametrize(
+  "scale,expect_alpha", [("trainable", True), ("mean_abs", False), ("none", False)]
+)
 def test_weight_scale_modes(scale, expect_alpha):
   dense = layers.BinaryDense(6, 2, scale=scale, rngs=nnx.Rngs(0))
   assert (dense.alpha is not None) == expect_alpha
@@ -57,8 +59,9 @@ def test_binary_activation_step_and_sign_with_beta():
   act = layers.BinaryActivation(beta_init=2.0)
   np.testing.assert_array_equal(act(x), [0.0, 0.0, 2.0])
   assert isinstance(act.beta, layers.ActivationScale)
-  np.testing.assert_array_equal(layers.BinaryActivation(mode="sign", scale="none")(x),
-                                [-1.0, -1.0, 1.0])
+  np.testing.assert_array_equal(
+    layers.BinaryActivation(mode="sign", scale="none")(x), [-1.0, -1.0, 1.0]
+  )
 
 
 def test_bad_layer_settings_name_the_value():

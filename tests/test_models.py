@@ -34,7 +34,7 @@ def test_float_and_binary_vgg_share_every_shape_but_the_scales(test_config):
   shapes = lambda m, kind: jax.tree.map(jnp.shape, nnx.state(m, kind))
   binary, full = _vgg(test_config, True), _vgg(test_config, False)
   assert nnx.to_pure_dict(shapes(binary, nnx.Not(layers.Scale))) == nnx.to_pure_dict(
-      shapes(full, nnx.Everything())
+    shapes(full, nnx.Everything())
   )
   assert len(jax.tree.leaves(nnx.state(binary, layers.WeightScale))) == 5
   assert len(jax.tree.leaves(nnx.state(binary, layers.ActivationScale))) == 5
@@ -43,8 +43,7 @@ def test_float_and_binary_vgg_share_every_shape_but_the_scales(test_config):
 
 def test_vgg_small_binary_layers_are_conv1_to_conv5(test_config):
   model = _vgg(test_config, True, width=1 / 16)
-  binary = sorted(str(p[0]) for p, v in nnx.iter_graph(model)
-                  if isinstance(v, layers.LatentWeight))
+  binary = sorted(str(p[0]) for p, v in nnx.iter_graph(model) if isinstance(v, layers.LatentWeight))
   assert binary == ["conv1", "conv2", "conv3", "conv4", "conv5"]
   assert isinstance(model.conv0, nnx.Conv) and isinstance(model.head, nnx.Linear)
 

@@ -16,7 +16,9 @@ def _params(test_config):
 
 
 def _leaves(tree):
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  flat, _ = jax.tree_util.tree_flatten_with_path(
+    tree, is_leaf=lambda x: isinstance(x, nnx.Variable)
+  )
   return {jax.tree_util.keystr(p): v for p, v in flat}
 
 
@@ -78,8 +80,14 @@ def test_coupled_and_decoupled_scale_l2_with_adam(test_config):
   alpha = {"a": layers.WeightScale(jnp.array([2.0]))}
   for mode in ("coupled", "decoupled"):
     config = test_config
-    config.optimizer.update(name="adam", schedule="constant", learning_rate=0.1, scale_l2=0.01,
-                            scale_l2_mode=mode, weight_decay=0.0)
+    config.optimizer.update(
+      name="adam",
+      schedule="constant",
+      learning_rate=0.1,
+      scale_l2=0.01,
+      scale_l2_mode=mode,
+      weight_decay=0.0,
+    )
     tx, _ = optim.make(config, steps_per_epoch=1)
     grads = {"a": layers.WeightScale(jnp.array([0.0]))}
     updates, _ = tx.update(grads, tx.init(alpha), alpha)
