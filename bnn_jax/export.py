@@ -1,0 +1,126 @@
+"""Exports a trained workdir to one packed model file and prints its summary.
+
+  python -m bnn_jax.export --workdir=DIR --output=FILE
+
+Binary weights are stored one bit each, alpha, beta and BatchNorm are folded into integer
+thresholds or per-channel affine terms (`bnn_jax.lowering`), full-precision layers are kept in
+float32. The file format is described in `bnn_jax.inference`; `python -m bnn_jax.infer FILE ...`
+runs it.
+"""
+
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+from bnn_jax import inference, lowering, summary
+from bnn_jax.errors import InputError
+
+CLASS_NAMES = {
+  "fashion_mnist": (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+  ),
+  "cifar10": (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+  ),
+  "mnist": tuple(str(d) for d in range(10)),
+}
+# The training graph in bfloat16 rounds differently from the engine's float32 layers.
+EXACT_DTYPES = ("float32",)
+
+
+def program_of_workdir(workdir) -> inference.Program:
+  """The Program of a workdir's newest readable checkpoint (see train.restore_model)."""
+  from bnn_jax import train  # training code is needed to read the checkpoint only
+
+  workdir = pathlib.Path(workdir)
+  if not (workdir / "config.json").exists():
+    raise InputError(f"--workdir {str(workdir)!r} holds no config.json: not a bnn_jax workdir")
+  config, spec, model = train.restore_model(workdir)
+  compute_dtype = config.get("compute_dtype", "float32")
+  metadata = {
+    "model": config.model.name,
+    "binary": bool(config.model.binary),
+    "dataset": config.data.name,
+    "workdir": str(workdir.absolute()),
+    "compute_dtype": compute_dtype,
+    "class_names": list(CLASS_NAMES.get(config.data.name, ())),
+  }
+  if compute_dtype not in EXACT_DTYPES:
+    logging.warning(
+      "%s was trained with compute_dtype %s: the engine computes its float layers in float32, "
+      "so its outputs can differ from the training graph's.",
+      workdir,
+      compute_dtype,
+    )
+  return lowering.lower(model, spec.image_shape, spec.mean, spec.std, metadata)
+
+
+def export(program: inference.Program, output) -> int:
+  """Writes `program` to `output`; returns the file's size in bytes."""
+  output = pathlib.Path(output)
+  if output.is_dir():
+    raise InputError(f"--output {str(output)!r} is a folder; give a file name, e.g. model.bnn")
+  output.parent.mkdir(parents=True, exist_ok=True)
+  return inference.save(program, output)
+
+
+def report(program: inference.Program, file_bytes: int) -> str:
+  """The summary table and the file size against the summary's deployed size."""
+  s = summary.summarize(program)
+  header = file_bytes - s.deployed_bytes
+  margin = lowering.tie_margin(program)
+  lines = [
+    s.table(),
+    f"file size          {file_bytes:>12,} bytes = deployed size + {header:,} bytes of header "
+    f"({header / max(1, s.deployed_bytes):.2%})",
+  ]
+  if margin < 1e-3:
+    lines.append(
+      f"note: a threshold lies {margin:.2g} counts from an integer; a float32 evaluation of the "
+      f"training graph can round such a tie either way"
+    )
+  return "\n".join(lines)
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training workdir (its newest checkpoint is exported).")
+flags.DEFINE_string("output", None, "The packed model file to write, e.g. model.bnn.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS.workdir or not FLAGS.output:
+    raise app.UsageError("give --workdir=DIR and --output=FILE")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
+  try:
+    program = program_of_workdir(FLAGS.workdir)
+    size = export(program, FLAGS.output)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(report(program, size))
+  print(f"wrote {FLAGS.output}")
+
+
+if __name__ == "__main__":
+  app.run(main)
