@@ -331,7 +331,57 @@ def _lower_vgg_small(model: models.VGGSmall, b: Builder) -> Value:
   return b.apply("head", model.head, x)
 
 
-LOWERINGS = {models.VGGSmall: _lower_vgg_small}
+def _lower_alexnet(model: models.AlexNet, b: Builder) -> Value:
+  x = b.max_pool("pool1", b.apply("conv1", model.conv1, b.input), 3, 2)
+  for i in range(1, 5):
+    x = b.apply(f"bn{i}", getattr(model, f"bn{i}"), x)
+    x = b.apply(f"act{i}", getattr(model, f"act{i}"), x)
+    x = b.apply(f"conv{i + 1}", getattr(model, f"conv{i + 1}"), x)
+    if i + 1 in (2, 5):
+      x = b.max_pool(f"pool{i + 1}", x, 3, 2)
+  x = b.apply("act5", model.act5, b.apply("bn5", model.bn5, x))
+  x = b.flatten("flatten", x)
+  for i in (6, 7):
+    x = b.apply(f"fc{i}", getattr(model, f"fc{i}"), x)
+    x = b.apply(f"bn{i}", getattr(model, f"bn{i}"), x)
+    x = b.apply(f"act{i}", getattr(model, f"act{i}"), x)
+  return b.apply("fc8", model.fc8, x)
+
+
+def _lower_resnet_block(block: models.ResNetBlock, b: Builder, prefix: str, x: Value) -> Value:
+  name = lambda part: f"{prefix}.{part}"
+  a = b.apply(name("act1"), block.act1, b.apply(name("bn1"), block.bn1, x))
+  skip = x
+  if block.downsample_conv is not None:
+    source = a if block.downsample_input == "binary" else x
+    skip = b.apply(name("downsample_conv"), block.downsample_conv, source)
+    skip = b.apply(name("downsample_bn"), block.downsample_bn, skip)
+  h = b.apply(name("conv1"), block.conv1, a)
+  if block.shortcut == "bireal":
+    h = b.add(name("add1"), h, skip)
+    skip = h
+  h = b.apply(name("act2"), block.act2, b.apply(name("bn2"), block.bn2, h))
+  return b.add(
+    name("add2" if block.shortcut == "bireal" else "add"),
+    b.apply(name("conv2"), block.conv2, h),
+    skip,
+  )
+
+
+def _lower_resnet18(model: models.ResNet18, b: Builder) -> Value:
+  x = b.apply("stem_bn", model.stem_bn, b.apply("stem_conv", model.stem_conv, b.input))
+  x = b.max_pool("stem_pool", b.relu("stem_relu", x), 3, 2, ((1, 1), (1, 1)))
+  for name in model.block_names:
+    x = _lower_resnet_block(getattr(model, name), b, name, x)
+  x = b.apply("final_act", model.final_act, b.apply("final_bn", model.final_bn, x))
+  return b.apply("head", model.head, b.global_avg_pool("pool", x))
+
+
+LOWERINGS = {
+  models.VGGSmall: _lower_vgg_small,
+  models.AlexNet: _lower_alexnet,
+  models.ResNet18: _lower_resnet18,
+}
 
 
 def lower(model: nnx.Module, image_shape, mean=None, std=None, metadata=None) -> Program:

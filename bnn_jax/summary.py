@@ -157,7 +157,10 @@ def _row(op: Op, input_kind: str) -> tuple[Row, int, int]:
     p1 = op.shape[-1]  # flip flags
   else:  # BatchNorm and folded affine terms (float32); max_pool directions (int8, rare)
     p32 = sum(v.size for v in a.values() if v.dtype.itemsize == 4)
-  folds = tuple(f for f in op.attrs.get("folds", ()) if f != op.name)
+  prefix = op.name.rpartition(".")[0]  # "stage1_block1.act2 (+bn2)", not (+stage1_block1.bn2)
+  folds = tuple(
+    f.removeprefix(f"{prefix}.") if prefix else f for f in op.attrs.get("folds", ()) if f != op.name
+  )
   if op.kind in ("threshold", "scale_shift"):
     # In the float32 network every folded BatchNorm keeps mean, var, scale and bias.
     float32_nbytes = 16 * op.shape[-1] * len(op.attrs.get("folds", ()))

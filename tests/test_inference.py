@@ -29,7 +29,8 @@ def randomize(model, seed=0, negative=False, image_shape=None):
         factor = factor * np.where(rng.random(v.shape) < 0.3, -1, 1)
       node[...] = (v * factor).astype(jnp.float32)
   if image_shape is not None:
-    x = jnp.asarray(rng.normal(0, 1, (32, *image_shape)), jnp.float32)
+    # the test images: uint8 noise, normalized with mean 0 and std 1 (the Program's default)
+    x = jnp.asarray(rng.integers(0, 256, (32, *image_shape)) / 255.0, jnp.float32)
     step = nnx.jit(lambda m, x: m(x, train=True))
     for _ in range(20):
       step(model, x)
@@ -199,6 +200,46 @@ def test_vgg_small_engine_is_bit_exact_with_the_training_graph(test_config, sett
   model = randomize(vgg(test_config, **settings), negative=negative, image_shape=(12, 12, 3))
   program = lowering.lower(model, (12, 12, 3))
   assert check_engine_matches(model, program, images((12, 12, 3))) > 0
+
+
+def small(config, name, image_shape, **options):
+  config.model.name = name
+  config.model.width = 1 / 16
+  for key, value in options.items():
+    if key in models.model_options(name):
+      config.model[key] = value
+    else:
+      config.binary[key] = value
+  return models.create_model(config, 5, image_shape, nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+  "settings",
+  [{}, {"activation_mode": "sign", "final_activation": "binary"}],
+  ids=["default", "sign_mode_binary_final"],
+)
+def test_alexnet_engine_is_bit_exact_with_the_training_graph(test_config, settings):
+  model = randomize(small(test_config, "alexnet", (67, 67, 3), **settings), 1, True, (67, 67, 3))
+  program = lowering.lower(model, (67, 67, 3))
+  assert [op.name for op in program.ops if op.kind == "binary_dense"] == ["fc6", "fc7"]
+  check_engine_matches(model, program, images((67, 67, 3), n=4))
+
+
+@pytest.mark.parametrize(
+  "settings",
+  [
+    {},
+    {"shortcut": "bireal", "downsample": "binary"},
+    {"activation_mode": "sign", "downsample": "binary", "final_activation": "binary"},
+  ],
+  ids=["default", "bireal_binary_downsample", "sign_mode"],
+)
+def test_resnet18_engine_matches_the_training_graph(test_config, settings):
+  model = randomize(small(test_config, "resnet18", (32, 32, 3), **settings), 2, True, (32, 32, 3))
+  program = lowering.lower(model, (32, 32, 3))
+  binary = [op.name for op in program.ops if op.kind == "binary_conv"]
+  assert len(binary) == 16 + 3 * (settings.get("downsample") == "binary")
+  check_engine_matches(model, program, images((32, 32, 3), n=4))
 
 
 def test_float_vgg_small_runs_in_the_engine_too(test_config):
