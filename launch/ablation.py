@@ -1,0 +1,414 @@
+"""Runs a config's sweep (variants x seeds) on one machine, resumably, into one CSV and one PNG.
+
+python -m launch.ablation --config=configs/ablation_fashion_mnist.py --output=DIR \
+  [--seeds=0,1,2] [--variants=bnn,paper] [--collect_only] [--config.KEY=VALUE ...]
+
+The config file must define `sweep()` -> [(variant name, {dotted key: value}), ...]. Every run
+trains in its own workdir DIR/<variant>/seed_<seed>, one after the other in this process.
+Resuming is per run: a run whose result.json exists is skipped (after checking that it was
+trained with the same config), an interrupted run resumes from its last checkpoint
+(train.train_and_evaluate does that), the rest start fresh. At the end DIR holds:
+
+  ablation.csv   one row per run: test accuracy and loss, steps, wall time, the final scales
+                 (alpha/<layer>, beta/<layer>: means over channels, read from the final
+                 checkpoint) and the first and last logged mean of alpha and beta over layers
+                 (read back from the TensorBoard event files the training wrote)
+  ablation.png   test accuracy per variant (every seed and mean +- std) and mean alpha over
+                 training for the variants that train alpha
+  summary.md     the table for the README: mean +- std over seeds per variant
+"""
+
+import csv
+import importlib.util
+import json
+import math
+import pathlib
+import sys
+import time
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bnn_jax.errors import InputError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+  "config", None, "A config file that defines get_config() and sweep().", lock_config=True
+)
+flags.DEFINE_string("output", None, "Folder of the runs, the CSV and the plot; rerun to resume.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run every variant with.")
+flags.DEFINE_list("variants", [], "Names of the variants to run (default: all of sweep()).")
+flags.DEFINE_bool(
+  "collect_only", False, "Train nothing: rebuild CSV, plot and summary from finished runs."
+)
+flags.mark_flags_as_required(["config", "output"])
+
+RESULT_FILE = "result.json"
+CSV_FILE = "ablation.csv"
+PLOT_FILE = "ablation.png"
+SUMMARY_FILE = "summary.md"
+_LEADING_COLUMNS = (
+  "variant",
+  "seed",
+  "status",
+  "test_accuracy",
+  "test_loss",
+  "test_count",
+  "epochs",
+  "steps",
+  "wall_s",
+  "resumed_from_step",
+  "alpha_mean_first_logged",
+  "alpha_mean_final",
+  "alpha_min_final",
+  "alpha_nonpositive_fraction",
+  "beta_mean_first_logged",
+  "beta_mean_final",
+)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def load_sweep(config_path: str) -> list[tuple[str, dict]]:
+  """The (variant name, overrides) list of the config file's `sweep()`."""
+  spec = importlib.util.spec_from_file_location("_sweep_config", config_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "sweep"):
+    raise InputError(f"config file {config_path} defines no sweep(); add one or pick another file")
+  variants = list(module.sweep())
+  names = [name for name, _ in variants]
+  if len(set(names)) != len(names):
+    raise InputError(f"sweep() of {config_path} repeats a variant name: {names}")
+  return variants
+
+
+def select(variants: list[tuple[str, dict]], names: list[str]) -> list[tuple[str, dict]]:
+  """The variants named in `names` (all if empty), in sweep order."""
+  known = [name for name, _ in variants]
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise InputError(f"--variants names {unknown}, not in sweep(); allowed: {', '.join(known)}")
+  return [v for v in variants if not names or v[0] in names]
+
+
+def variant_config(base, overrides: dict, seed: int):
+  """A copy of `base` with the dotted-key `overrides` and `seed` applied."""
+  config = base.copy_and_resolve_references()
+  for key, value in {**overrides, "seed": seed}.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in [*parents, leaf]:
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise InputError(f"override {key!r} names no config key; start the config from base.py")
+      parent, node = node, node[part]
+    parent[leaf] = value
+  return config
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def run_dir(output, variant: str, seed: int) -> pathlib.Path:
+  return pathlib.Path(output) / variant / f"seed_{seed}"
+
+
+# ----------------------------------------------------------------------------- what a run left
+
+
+def logged_scalars(workdir: pathlib.Path, prefixes=("train/alpha/", "train/beta/")) -> dict:
+  """{tag: [(step, value), ...] sorted by step} of the scalars in the workdir's event files.
+
+  A resumed run writes a new event file and logs some steps again; the newer value wins.
+  """
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.util import tensor_util
+
+  series: dict[str, dict[int, float]] = {}
+  for path in sorted(workdir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+    for event in event_file_loader.EventFileLoader(str(path)).Load():
+      for value in event.summary.value:
+        if not value.tag.startswith(prefixes):
+          continue
+        kind = value.WhichOneof("value")
+        number = (
+          float(tensor_util.make_ndarray(value.tensor))
+          if kind == "tensor"
+          else float(value.simple_value)
+        )
+        series.setdefault(value.tag, {})[int(event.step)] = number
+  return {tag: sorted(points.items()) for tag, points in series.items()}
+
+
+def mean_over_layers(series: dict, kind: str) -> list[tuple[int, float]]:
+  """[(step, mean over layers of train/<kind>/<layer>), ...] at the steps every layer logged."""
+  tags = [t for t in series if t.startswith(f"train/{kind}/")]
+  if not tags:
+    return []
+  by_step = [dict(series[t]) for t in tags]
+  steps = sorted(set.intersection(*(set(s) for s in by_step)))
+  return [(step, sum(s[step] for s in by_step) / len(by_step)) for step in steps]
+
+
+def final_scales(workdir: pathlib.Path) -> dict:
+  """Scale statistics of the run's final checkpoint: per-layer means, min and sign of alpha."""
+  import numpy as np
+  from flax import nnx
+
+  from bnn_jax import layers, train
+
+  _, _, model = train.restore_model(workdir)
+  out = {k: float(v) for k, v in layers.scales_by_layer(model).items()}
+  alphas = [
+    np.ravel(np.asarray(var[...]))
+    for _, var in nnx.iter_graph(model)
+    if isinstance(var, layers.WeightScale)
+  ]
+  if alphas:
+    alpha = np.concatenate(alphas)
+    out["alpha_min_final"] = float(alpha.min())
+    out["alpha_nonpositive_fraction"] = float(np.mean(alpha <= 0))
+  return out
+
+
+def _checkpoint_step(workdir: pathlib.Path) -> int:
+  folder = workdir / "checkpoints"
+  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
+  return max(steps, default=0)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_one(config, workdir: pathlib.Path, variant: str) -> dict:
+  """Trains one run (or resumes it, or skips it when finished); returns its result record."""
+  from bnn_jax import train
+
+  flat = _flat(config.to_dict())
+  result_file = workdir / RESULT_FILE
+  if result_file.exists():
+    record = json.loads(result_file.read_text())
+    saved = record["config"]
+    differ = sorted(
+      k
+      for k in set(flat) | set(saved)
+      if k not in train.RUN_CONTROL_KEYS and flat.get(k) != saved.get(k)
+    )
+    if differ:
+      raise InputError(
+        f"{workdir} holds a finished run of another config ({differ[0]}: "
+        f"{saved.get(differ[0])!r} -> {flat.get(differ[0])!r}); use another --output"
+      )
+    return record
+
+  resumed_from = _checkpoint_step(workdir)
+  start = time.time()
+  try:
+    result, status = train.train_and_evaluate(config, str(workdir)), "done"
+  except train.NonFiniteLossError as e:  # a diverging variant is a result, not a crash
+    logging.error("%s", e)
+    result, status = {"accuracy": math.nan, "loss": math.nan, "count": 0}, "diverged"
+  wall = time.time() - start
+
+  series = logged_scalars(workdir)
+  alpha, beta = mean_over_layers(series, "alpha"), mean_over_layers(series, "beta")
+  scales = final_scales(workdir) if status == "done" else {}
+  layer_means = {k: v for k, v in scales.items() if k.startswith(("alpha/", "beta/"))}
+  final_alpha = [v for k, v in layer_means.items() if k.startswith("alpha/")]
+  final_beta = [v for k, v in layer_means.items() if k.startswith("beta/")]
+  record = {
+    "variant": variant,
+    "seed": config.seed,
+    "status": status,
+    "test_accuracy": result["accuracy"],
+    "test_loss": result["loss"],
+    "test_count": result["count"],
+    "epochs": config.num_epochs,
+    "steps": _checkpoint_step(workdir),
+    "wall_s": round(wall, 1),
+    "resumed_from_step": resumed_from,
+    "alpha_mean_first_logged": alpha[0][1] if alpha else None,
+    "alpha_mean_final": sum(final_alpha) / len(final_alpha) if final_alpha else None,
+    "alpha_min_final": scales.get("alpha_min_final"),
+    "alpha_nonpositive_fraction": scales.get("alpha_nonpositive_fraction"),
+    "beta_mean_first_logged": beta[0][1] if beta else None,
+    "beta_mean_final": sum(final_beta) / len(final_beta) if final_beta else None,
+    **layer_means,
+    "alpha_mean_logged": alpha,
+    "config": flat,
+  }
+  tmp = result_file.with_suffix(".tmp")
+  tmp.write_text(json.dumps(record, indent=1))
+  tmp.replace(result_file)  # atomic: a run counts as finished only once this file is whole
+  return record
+
+
+def run_sweep(base, variants, seeds, output, train_missing: bool = True) -> list[dict]:
+  """Runs (or collects) every variant x seed; writes the CSV, plot and summary; returns rows."""
+  output = pathlib.Path(output)
+  output.mkdir(parents=True, exist_ok=True)
+  records, total = [], len(variants) * len(seeds)
+  for name, overrides in variants:
+    for seed in seeds:
+      config = variant_config(base, overrides, seed)
+      workdir = run_dir(output, name, seed)
+      if train_missing:
+        record = run_one(config, workdir, name)
+      elif (workdir / RESULT_FILE).exists():  # collect only: what is there, unchecked
+        record = json.loads((workdir / RESULT_FILE).read_text())
+      else:
+        continue
+      records.append(record)
+      print(
+        f"[{len(records)}/{total}] {name} seed {seed}: test accuracy "
+        f"{record['test_accuracy']:.4f}, {record['wall_s']:.0f} s ({record['status']})",
+        flush=True,
+      )
+  write_csv(records, output / CSV_FILE)
+  summary = summarize(records)
+  (output / SUMMARY_FILE).write_text(summary)
+  plot(records, output / PLOT_FILE)
+  print(summary, flush=True)
+  return records
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def write_csv(records: list[dict], path: pathlib.Path) -> None:
+  """One row per run; the per-layer scale columns are the union over runs, sorted."""
+  layer_columns = sorted({k for r in records for k in r if k.startswith(("alpha/", "beta/"))})
+  columns = [*_LEADING_COLUMNS, *layer_columns]
+  with path.open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in records:
+      writer.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for a single value)."""
+  n = len(values)
+  mean = sum(values) / n
+  var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+  return mean, math.sqrt(var)
+
+
+def _by_variant(records: list[dict]) -> dict[str, list[dict]]:
+  groups: dict[str, list[dict]] = {}
+  for r in records:
+    groups.setdefault(r["variant"], []).append(r)
+  return groups
+
+
+def summarize(records: list[dict]) -> str:
+  """A markdown table: per variant, test accuracy mean +- std over seeds and the scales."""
+  lines = [
+    "| variant | test accuracy (%), mean ± std | seeds | epochs | wall time per run (s) "
+    "| mean alpha: first logged -> final | mean beta: first logged -> final |",
+    "|---|---|---|---|---|---|---|",
+  ]
+
+  def arrow(rows, kind):
+    first = [r[f"{kind}_mean_first_logged"] for r in rows]
+    last = [r[f"{kind}_mean_final"] for r in rows]
+    if any(v is None for v in first + last):
+      return "-"
+    return f"{_mean_std(first)[0]:.3f} -> {_mean_std(last)[0]:.3f}"
+
+  for name, rows in _by_variant(records).items():
+    accs = [100 * r["test_accuracy"] for r in rows if r["status"] == "done"]
+    acc = "diverged" if not accs else "{:.2f} ± {:.2f}".format(*_mean_std(accs))
+    wall = _mean_std([r["wall_s"] for r in rows])[0]
+    lines.append(
+      f"| {name} | {acc} | {len(rows)} | {rows[0]['epochs']:g} | {wall:.0f} "
+      f"| {arrow(rows, 'alpha')} | {arrow(rows, 'beta')} |"
+    )
+  return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], path: pathlib.Path) -> None:
+  """Left: test accuracy per variant, every seed and mean +- std. Right: mean alpha vs step."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  groups = _by_variant(records)
+  fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=(3, 2))
+  for i, rows in enumerate(groups.values()):
+    accs = [100 * r["test_accuracy"] for r in rows if r["status"] == "done"]
+    if not accs:
+      continue
+    offsets = [0.12 * (j - (len(accs) - 1) / 2) for j in range(len(accs))]
+    left.scatter([i + o for o in offsets], accs, s=14, color="tab:blue", alpha=0.6, zorder=2)
+    mean, std = _mean_std(accs)
+    left.errorbar(i, mean, yerr=std, fmt="_", color="black", markersize=18, capsize=4, zorder=3)
+  left.set_xticks(range(len(groups)), list(groups), rotation=35, ha="right")
+  left.set_ylabel("test accuracy (%)")
+  left.set_title("test accuracy per variant (dots: seeds; bar: mean ± std)")
+  left.grid(axis="y", alpha=0.3)
+
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  drawn = 0
+  for name, rows in groups.items():
+    curves = [r["alpha_mean_logged"] for r in rows if r.get("alpha_mean_logged")]
+    if not curves:
+      continue
+    color = colors[drawn % len(colors)]
+    for k, curve in enumerate(curves):
+      steps, values = zip(*curve)
+      right.plot(steps, values, color=color, alpha=0.7, label=name if k == 0 else None)
+    drawn += 1
+  right.axhline(0.0, color="grey", linewidth=0.8)
+  right.set_xlabel("training step")
+  right.set_ylabel("alpha, mean over channels and layers")
+  right.set_title("trainable weight scales during training")
+  if drawn:
+    right.legend(fontsize=8)
+  right.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+class _QuietLibraries:
+  """Drops INFO records of orbax and tensorflow-datasets; they log every file they touch."""
+
+  def filter(self, record) -> bool:
+    noisy = ("/orbax/", "/tensorflow_datasets/", "/etils/")
+    return record.levelno > 20 or not any(n in record.pathname for n in noisy)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    seeds = [int(s) for s in FLAGS.seeds]
+  except ValueError:
+    print(f"error: --seeds={','.join(FLAGS.seeds)} must be integers, e.g. 0,1,2", file=sys.stderr)
+    sys.exit(2)
+  try:
+    path = config_flags.get_config_filename(FLAGS["config"])
+    variants = select(load_sweep(path), FLAGS.variants)
+    run_sweep(FLAGS.config, variants, seeds, FLAGS.output, train_missing=not FLAGS.collect_only)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
