@@ -55,20 +55,24 @@ def program_of_workdir(workdir) -> inference.Program:
   if not (workdir / "config.json").exists():
     raise InputError(f"--workdir {str(workdir)!r} holds no config.json: not a bnn_jax workdir")
   config, spec, model = train.restore_model(workdir)
+  return program_of_model(config, spec, model, workdir)
+
+
+def program_of_model(config, spec, model, workdir=None) -> inference.Program:
+  """The Program of a model trained with `config` on data described by `spec` (a DataSpec)."""
   compute_dtype = config.get("compute_dtype", "float32")
   metadata = {
     "model": config.model.name,
     "binary": bool(config.model.binary),
     "dataset": config.data.name,
-    "workdir": str(workdir.absolute()),
+    "workdir": str(pathlib.Path(workdir).absolute()) if workdir else "",
     "compute_dtype": compute_dtype,
     "class_names": list(CLASS_NAMES.get(config.data.name, ())),
   }
   if compute_dtype not in EXACT_DTYPES:
     logging.warning(
-      "%s was trained with compute_dtype %s: the engine computes its float layers in float32, "
-      "so its outputs can differ from the training graph's.",
-      workdir,
+      "The model was trained with compute_dtype %s: the engine computes its float layers in "
+      "float32, so its outputs can differ from the training graph's.",
       compute_dtype,
     )
   return lowering.lower(model, spec.image_shape, spec.mean, spec.std, metadata)

@@ -1,8 +1,8 @@
 """Classifies images with an exported model: `python -m bnn_jax.infer FILE INPUT...`.
 
 INPUT is an image file (PNG, JPEG, ...: converted to the model's channels, never resized) or an
-.npz holding `images` uint8 [N, H, W(, C)] and optionally `labels` [N] (then the accuracy is
-printed too). Uses only the inference engine: no training code, no checkpoint.
+.npz holding `images` uint8 [N, H, W(, C)] and optionally `labels` [N] (then the accuracy on the
+labeled images is printed too). Uses only the inference engine: no training code, no checkpoint.
 """
 
 import pathlib
@@ -19,9 +19,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 64, "Images per engine call.")
 
 
-def read_images(paths, image_shape) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-  """(names, uint8 images [N, H, W, C], labels or None) from image files and .npz files."""
-  names, images, labels, all_labeled = [], [], [], True
+def read_images(paths, image_shape) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """(names, uint8 images [N, H, W, C], labels [N], -1 where unknown) from image and .npz files."""
+  names, images, labels = [], [], []
   for path in map(pathlib.Path, paths):
     if path.suffix == ".npz":
       try:
@@ -42,20 +42,24 @@ def read_images(paths, image_shape) -> tuple[list[str], np.ndarray, np.ndarray |
       names += [f"{path}[{i}]" for i in range(len(batch))]
       images += list(batch)
       if batch_labels is None:
-        all_labeled = False
+        labels += [-1] * len(batch)
+      elif np.shape(batch_labels) != (len(batch),):
+        raise InputError(
+          f"{path}: 'labels' must have shape ({len(batch)},), got {np.shape(batch_labels)}"
+        )
       else:
-        labels += list(np.asarray(batch_labels).reshape(-1))
+        labels += [int(v) for v in batch_labels]
     else:
       names.append(str(path))
       images.append(_read_image_file(path, image_shape))
-      all_labeled = False
+      labels.append(-1)
   for name, image in zip(names, images):
     if image.shape != tuple(image_shape):
       raise InputError(
         f"{name} has shape {image.shape}; this model takes {tuple(image_shape)} (resize it first)"
       )
-  labels_out = np.asarray(labels, np.int64) if all_labeled and labels else None
-  return names, np.stack(images) if images else np.zeros((0, *image_shape), np.uint8), labels_out
+  stacked = np.stack(images) if images else np.zeros((0, *image_shape), np.uint8)
+  return names, stacked, np.asarray(labels, np.int64)
 
 
 def _read_image_file(path: pathlib.Path, image_shape) -> np.ndarray:
@@ -98,8 +102,10 @@ def main(argv):
   for name, k, p in zip(names, top, probs):
     label = f" {class_names[k]}" if k < len(class_names) else ""
     print(f"{name}: {k}{label} ({p[k]:.3f})")
-  if labels is not None:
-    print(f"accuracy {np.mean(top == labels):.4f} ({len(labels)} images)")
+  labeled = labels >= 0
+  if labeled.any():
+    accuracy = np.mean(top[labeled] == labels[labeled])
+    print(f"accuracy {accuracy:.4f} ({labeled.sum()} labeled images)")
 
 
 if __name__ == "__main__":
