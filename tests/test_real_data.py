@@ -6,11 +6,12 @@ from bnn_jax import train
 from tests.conftest import require_fashion_mnist
 
 # Bounded run: 1 epoch over the first 20,000 training images (156 steps of 128), evaluated on
-# all 10,000 test images. Measured on 2026-11-25 (2-core x86-64 CPU): see ACCURACY_FLOOR.
+# all 10,000 test images.
 TRAIN_SUBSET = 20_000
-# Measured test accuracy of this bounded run: 0.80 (binary) on 2026-11-25, seed 0; the floor
-# leaves a margin for other seeds, library versions and CPU kernels.
-ACCURACY_FLOOR = 0.72
+# Measured: test accuracy 0.7762, seed 0, 2026-11-25, 2-core x86-64 CPU (6.8 min while other jobs
+# ran; about 1-2 min on an idle machine). The floor leaves a margin of about 7 points for library
+# versions and CPU kernels: binary nets amplify round-off into different bit flips.
+ACCURACY_FLOOR = 0.70
 
 
 @pytest.mark.slow
