@@ -359,10 +359,21 @@ def popcount_dense(x, w):
 
 
 def _counts(matches, ones, p, mode):
+  # popcount(a) is the same for every output channel: computed once per position, not per lane.
+  ones = _materialize(ones, p["runtime_true"])
   if mode == "step":  # a in {0, 1}, w in {-1, +1}: sum a w = 2 popcount(a & w+) - popcount(a)
-    return 2 * matches - ones
-  # a, w in {-1, +1} over the valid taps only: 4 P - 2 A - 2 popcount(valid & w+) + n_valid
-  return 4 * matches - 2 * ones - p["twice_weight_ones"] + p["valid"]
+    counts = 2 * matches - ones
+  else:  # a, w in {-1, +1} over the valid taps only: 4 P - 2 A - 2 popcount(valid & w+) + n_valid
+    counts = 4 * matches - 2 * ones - p["twice_weight_ones"] + p["valid"]
+  return _materialize(counts, p["runtime_true"])
+
+
+def _materialize(x, runtime_true):
+  """x, computed into a buffer of its own: XLA cannot fuse through a conditional on a runtime
+  predicate (it drops optimization_barrier before fusing). Fused into the pooling or the bit
+  packing after it, the popcount loop would be recomputed per window position and lose its
+  vectorization along the output channels."""
+  return lax.cond(runtime_true, lambda v: v, lambda v: -v, x)
 
 
 def _sign_mode_constants(w_bits, in_hw, window, strides, padding):
@@ -404,6 +415,7 @@ def _prepare(program: Program) -> dict[str, dict[str, jax.Array]]:
       o, i = op.attrs["out_features"], in_shape[-1]
       taps = int(np.prod(op.attrs.get("kernel_size", in_shape[:-1]), dtype=np.int64))
       p = {"w": jnp.asarray(_words_from_file_bits(a["weights"], o, taps, i))}
+      p["runtime_true"] = jnp.asarray(True)
       if op.attrs["mode"] == "sign":
         bits = np.unpackbits(a["weights"], count=o * taps * i, bitorder="little")
         if op.kind == "binary_conv":
