@@ -520,6 +520,9 @@ class Engine:
     self.shapes = {"input": tuple(program.input_shape)}
     self.shapes.update({op.name: tuple(op.shape) for op in program.ops})
     self._jitted = {}
+    mean = np.asarray(program.mean, np.float32)
+    std = np.asarray(program.std, np.float32)
+    self._normalize = jax.jit(lambda images: (images.astype(jnp.float32) / 255.0 - mean) / std)
 
   def normalize(self, images) -> jax.Array:
     """uint8 [B, H, W(, C)] -> float32 normalized as in training (input_pipeline.normalize)."""
@@ -529,10 +532,7 @@ class Engine:
     expected = tuple(self.program.input_shape)
     if tuple(images.shape[1:]) != expected:
       raise InputError(f"images have shape {tuple(images.shape[1:])}; this model takes {expected}")
-    x = images.astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(self.program.mean, jnp.float32)) / jnp.asarray(
-      self.program.std, jnp.float32
-    )
+    return self._normalize(images)
 
   def _function(self, start: int, stop: int, collect: bool):
     key = (start, stop, collect)

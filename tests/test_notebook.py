@@ -1,0 +1,40 @@
+"""The tour notebook runs top to bottom: trains on Fashion-MNIST, exports, checks the engine."""
+
+import pathlib
+import sys
+
+import pytest
+
+from tests.conftest import require_fashion_mnist
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "fashion_mnist_tour.ipynb"
+
+
+@pytest.mark.slow  # trains for 60 steps on real data: one to two minutes on 2 cores
+def test_tour_notebook_runs_top_to_bottom_and_the_engine_agrees():
+  require_fashion_mnist()
+  import nbclient
+  import nbformat
+
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  client = nbclient.NotebookClient(
+    notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+  )
+  client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
+  outputs = [
+    "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+    for cell in notebook.cells
+    if cell.cell_type == "code"
+  ]
+  # jupyter_client starts the "python3" kernel with this interpreter (the venv's).
+  assert outputs[0].strip() == sys.executable
+  text = "\n".join(outputs)
+  assert "deployed size" in text and "compression" in text
+  assert "training evaluation:" in text and "same top-1 on 100.00% of the test images" in text
+  images = sum(
+    o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+    for cell in notebook.cells
+    for o in cell.get("outputs", [])
+  )
+  assert images == 3  # estimators, scale trajectories, sample predictions
