@@ -4,13 +4,18 @@ Every figure comes from the exported Program itself, so the deployed size is, by
 payload of the file `bnn_jax.export` writes (the file adds only its header).
 
   summary.of_model(model, image_shape).table()   # or summary.summarize(program)
+  python -m bnn_jax.summary --config=configs/vgg_small.py   # any config, untrained weights
 """
 
 import dataclasses
+import sys
 
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
-from bnn_jax import lowering
+from bnn_jax import inference, lowering
+from bnn_jax.errors import InputError
 from bnn_jax.inference import Op, Program
 
 MIB = 2**20
@@ -197,3 +202,54 @@ def summarize(program: Program) -> Summary:
 def of_model(model, image_shape) -> Summary:
   """The summary of `model` deployed on images of `image_shape` (H, W, C)."""
   return summarize(lowering.lower(model, tuple(image_shape)))
+
+
+# The input of each dataset: sizes do not depend on the weights, so no data is read.
+DATA_SHAPES = {
+  "cifar10": ((32, 32, 3), 10),
+  "fashion_mnist": ((28, 28, 1), 10),
+  "mnist": ((28, 28, 1), 10),
+  "imagenet2012": ((224, 224, 3), 1000),
+  "imagenet_synthetic": ((224, 224, 3), 1000),
+  "fake": (None, None),  # config.data.fake_image_shape and fake_num_classes
+}
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "A config file from configs/.", lock_config=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from flax import nnx
+
+  from bnn_jax import models
+
+  config = FLAGS.config
+  try:
+    if config.data.name not in DATA_SHAPES:
+      raise InputError(
+        f"data.name {config.data.name!r} has no known input shape; allowed: "
+        f"{', '.join(DATA_SHAPES)} (or export a trained workdir with bnn_jax.export)"
+      )
+    image_shape, num_classes = DATA_SHAPES[config.data.name]
+    if config.data.name == "fake":
+      image_shape, num_classes = tuple(config.data.fake_image_shape), config.data.fake_num_classes
+    if config.data.name.startswith("imagenet"):
+      image_shape = (config.data.image_size, config.data.image_size, 3)
+    model = models.create_model(config, num_classes, image_shape, nnx.Rngs(config.seed))
+  except (InputError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  program = lowering.lower(model, image_shape)
+  print(
+    f"{config.model.name} ({'binary' if config.model.binary else 'float'}), input "
+    f"{'x'.join(map(str, image_shape))}, {num_classes} classes"
+  )
+  print(summarize(program).table())
+  print(f"file size          {len(inference.to_bytes(program)):>12,} bytes (the exported file)")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -1,5 +1,9 @@
 """Summary: sizes and multiply-accumulates per layer and in total, against PAPER.md's figures."""
 
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -7,6 +11,7 @@ from flax import nnx
 from bnn_jax import inference, lowering, models, summary
 
 MIB = 2**20
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _model(config, name, binary=True, image_shape=(32, 32, 3), num_classes=10):
@@ -84,3 +89,16 @@ def test_file_is_the_deployed_size_plus_a_header(test_config):
   alignment = len(data) - header - s.deployed_bytes
   assert 0 <= alignment < inference.ALIGN * len(program.ops) * 4
   assert len(data) - s.deployed_bytes < 0.02 * s.deployed_bytes
+
+
+def test_summary_command_prints_the_table_for_a_config():
+  done = subprocess.run(
+    [sys.executable, "-m", "bnn_jax.summary", "--config=configs/test.py"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.startswith("vgg_small (binary), input 8x8x3, 4 classes")
+  assert "act2 (+bn2)" in done.stdout and "file size" in done.stdout
