@@ -49,7 +49,7 @@ def load_sweep(config_file: str) -> list[tuple[str, dict]]:
 
 def point_name(overrides: dict) -> str:
   """A folder name from the values, e.g. {"seed": 1, "model.width": 0.5} -> seed=1,width=0.5."""
-  parts = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items()]
+  parts = [f"{k.rsplit('.', 1)[-1]}={flag_value(v)}" for k, v in overrides.items()]
   return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(parts)) or "default"
 
 
