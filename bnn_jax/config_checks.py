@@ -4,7 +4,7 @@ import numbers
 
 import ml_collections
 
-from bnn_jax import binary, input_pipeline, layers, models, optim
+from bnn_jax import binary, imagenet_input, input_pipeline, layers, models, optim
 from bnn_jax.errors import InputError
 
 
@@ -32,7 +32,7 @@ _RULES = {
   "binary.activation_estimator": (str, _choice(*binary.ESTIMATORS)),
   "binary.activation_scale": (str, _choice(*layers.ACTIVATION_SCALES)),
   "binary.beta_init": (float, _POSITIVE),
-  "data.name": (str, _choice(*input_pipeline.DATASETS)),
+  "data.name": (str, _choice(*input_pipeline.DATASETS, *imagenet_input.DATASETS)),
   "data.path": (str, _ANY),
   "data.augment": (str, _choice(*input_pipeline.AUGMENTATIONS)),
   "data.train_subset": (int, _NON_NEGATIVE),
@@ -55,6 +55,7 @@ _RULES = {
   "num_epochs": (float, _POSITIVE),
   "max_steps": (int, _NON_NEGATIVE),
   "compute_dtype": (str, _choice("float32", "bfloat16")),
+  "grad_accum_steps": (int, _POSITIVE),
   "log_every_steps": (int, _POSITIVE),
   "eval_every_epochs": (float, _POSITIVE),
   "checkpoint_every_steps": (int, _POSITIVE),
@@ -66,6 +67,26 @@ _RULES = {
     ),
   ),
 }
+
+
+# Keys that only some configs have (ResNet switches; host-fed data in configs/imagenet_base.py):
+# checked where present.
+_OPTIONAL_RULES = {
+  "model.shortcut": (str, _choice(*models.SHORTCUTS)),
+  "model.downsample": (str, _choice(*models.DOWNSAMPLES)),
+  "data.image_size": (int, _POSITIVE),
+  "data.eval_resize": (int, _POSITIVE),
+  "data.shuffle_buffer": (int, _POSITIVE),
+  "data.num_threads": (int, _NON_NEGATIVE),
+  "data.prefetch_batches": (int, _NON_NEGATIVE),
+  "data.synthetic_num_images": (int, _POSITIVE),
+  "data.synthetic_num_classes": (int, _POSITIVE),
+  "data.synthetic_train_size": (int, _POSITIVE),
+  "data.synthetic_eval_size": (int, _POSITIVE),
+}
+_HOST_FED_KEYS = [k for k in _OPTIONAL_RULES if k.startswith("data.")] + [
+  "data.synthetic_image_shape"
+]
 
 
 def _get(config, dotted):
@@ -87,23 +108,47 @@ def _type_ok(value, kind) -> bool:
   return isinstance(value, kind)
 
 
+def _has(config, dotted) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def _check_value(key, value, kind, predicate, allowed) -> None:
+  if not _type_ok(value, kind):
+    raise InputError(
+      f"config.{key} = {value!r} has type {type(value).__name__}; it must be a {kind.__name__}"
+      + (f", {allowed}" if allowed else "")
+    )
+  if not predicate(value):
+    raise InputError(f"config.{key} = {value!r} is not allowed; it must be {allowed}")
+
+
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises InputError naming the first bad value of `config` and what is allowed."""
   for key, (kind, (predicate, allowed)) in _RULES.items():
-    value = _get(config, key)
-    if not _type_ok(value, kind):
-      raise InputError(
-        f"config.{key} = {value!r} has type {type(value).__name__}; it must be a {kind.__name__}"
-        + (f", {allowed}" if allowed else "")
-      )
-    if not predicate(value):
-      raise InputError(f"config.{key} = {value!r} is not allowed; it must be {allowed}")
+    _check_value(key, _get(config, key), kind, predicate, allowed)
+  for key, (kind, (predicate, allowed)) in _OPTIONAL_RULES.items():
+    if _has(config, key):
+      _check_value(key, _get(config, key), kind, predicate, allowed)
+  _check_model_options(config)
+  if imagenet_input.is_host_fed(config.data.name):
+    _check_host_fed(config)
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % num_devices:
       raise InputError(
         f"config.{key} = {config[key]} must be a multiple of the number of devices "
         f"({num_devices}), so every device gets the same share of a batch"
       )
+  if config.batch_size % (num_devices * config.grad_accum_steps):
+    raise InputError(
+      f"config.batch_size = {config.batch_size} must be a multiple of config.grad_accum_steps "
+      f"({config.grad_accum_steps}) x the number of devices ({num_devices}), so every "
+      f"microbatch is spread evenly over the devices"
+    )
   if config.optimizer.warmup_epochs >= config.num_epochs:
     raise InputError(
       f"config.optimizer.warmup_epochs = {config.optimizer.warmup_epochs} must be less than "
@@ -111,6 +156,36 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     )
   if config.data.name in ("npz", "mnist") and not config.data.path:
     raise InputError(f"config.data.name {config.data.name!r} needs config.data.path, a folder")
+
+
+def _check_model_options(config) -> None:
+  options = models.model_options(config.model.name)
+  for key in config.model:
+    if key not in ("name", "binary") and key not in options:
+      raise InputError(
+        f"config.model.{key} is not an option of model {config.model.name!r}; its options are: "
+        f"{', '.join(options)}"
+      )
+
+
+def _check_host_fed(config) -> None:
+  for key in _HOST_FED_KEYS:
+    if not _has(config, key):
+      raise InputError(
+        f"config.data.name {config.data.name!r} needs config.{key}; start ImageNet configs from "
+        f"configs/imagenet_base.py"
+      )
+  data = config.data
+  if data.eval_resize < data.image_size:
+    raise InputError(
+      f"config.data.eval_resize = {data.eval_resize} must be at least config.data.image_size "
+      f"= {data.image_size} (evaluation center-crops image_size from the resized image)"
+    )
+  if data.train_subset:
+    raise InputError(
+      f"config.data.train_subset = {data.train_subset} is not supported for "
+      f"{data.name!r}; it must be 0"
+    )
 
 
 def check_against_data(config: ml_collections.ConfigDict, num_train: int) -> None:

@@ -1,4 +1,8 @@
-"""Training: state, pure train and eval steps, checkpoints, metrics, `train_and_evaluate`.
+"""Training: state, pure train and eval steps, metrics, `train_and_evaluate`.
+
+Two ways to feed the steps: small datasets live on the device whole (input_pipeline; batches
+chosen inside jit), ImageNet-scale ones come from the hosts as global batches (imagenet_input).
+Checkpoints: bnn_jax/checkpointing.py; multi-process runs: bnn_jax/distributed.py.
 
 The train state is a plain pytree {step, params, rest, opt_state}: `params` are the model's
 nnx.Param variables (latent weights, scales, float kernels, BatchNorm affine terms), `rest` the
@@ -10,7 +14,6 @@ import dataclasses
 import json
 import math
 import pathlib
-import shutil
 import time
 from collections.abc import Callable
 
@@ -26,7 +29,16 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bnn_jax import config_checks, input_pipeline, layers, models, optim
+from bnn_jax import (
+  config_checks,
+  distributed,
+  imagenet_input,
+  input_pipeline,
+  layers,
+  models,
+  optim,
+)
+from bnn_jax.checkpointing import checkpoint_manager, restore_latest
 from bnn_jax.errors import InputError
 
 # Config keys a resumed run may change; any other difference means another experiment.
@@ -39,6 +51,9 @@ RUN_CONTROL_KEYS = (
   "data.path",
   "data.tfds_data_dir",
   "data.manual_dir",
+  "data.num_threads",
+  "data.prefetch_batches",
+  "grad_accum_steps",
 )
 
 
@@ -60,7 +75,8 @@ class DataSpec:
   std: tuple[float, ...]
 
   @classmethod
-  def of(cls, ds: input_pipeline.InMemoryDataset) -> "DataSpec":
+  def of(cls, ds) -> "DataSpec":
+    """From an input_pipeline.InMemoryDataset or an imagenet_input.Source."""
     return cls(
       ds.num_classes, ds.image_shape, tuple(map(float, ds.mean)), tuple(map(float, ds.std))
     )
@@ -111,22 +127,46 @@ def scale_metrics(params) -> dict[str, jax.Array]:
 
 
 def make_update(graphdef, tx, schedule, config) -> Callable:
-  """update(state, images float [B,H,W,C], labels int [B]) -> (state, metrics); pure."""
+  """update(state, images float [B,H,W,C], labels int [B]) -> (state, metrics); pure.
+
+  With config.grad_accum_steps = k > 1 the batch runs as k microbatches one after the other
+  (example i in microbatch i % k, so no example changes device) and the update uses the mean
+  of their gradients: a large global batch on small hardware. BatchNorm normalizes each
+  microbatch by its own statistics and updates its running averages k times.
+  """
   scale_l2 = config.optimizer.scale_l2
+  accum = config.get("grad_accum_steps", 1)
+
+  def loss_fn(params, rest, images, labels):
+    # Fresh Variable objects at this trace level: BatchNorm mutates its statistics here.
+    rest = jax.tree.map(lambda x: x, rest)
+    model = nnx.merge(graphdef, params, rest)
+    logits = model(images, train=True)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    rest = nnx.split(model, nnx.Param, ...)[2]
+    return ce, (jnp.mean(jnp.argmax(logits, -1) == labels), rest)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def accumulated_grad_fn(params, rest, images, labels):
+    def microbatches(x):  # [B, ...] -> [k, B/k, ...]
+      return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+
+    def body(carry, batch):
+      rest, grad_sum = carry
+      (ce, (accuracy, rest)), grads = grad_fn(params, rest, *batch)
+      return (rest, jax.tree.map(jnp.add, grad_sum, grads)), (ce, accuracy)
+
+    carry = (rest, jax.tree.map(jnp.zeros_like, params))
+    (rest, grad_sum), (ce, accuracy) = jax.lax.scan(
+      body, carry, (microbatches(images), microbatches(labels))
+    )
+    grads = jax.tree.map(lambda g: g / accum, grad_sum)
+    return (ce.mean(), (accuracy.mean(), rest)), grads
 
   def update(state, images, labels):
-    def loss_fn(params, rest):
-      # Fresh Variable objects at this trace level: BatchNorm mutates its statistics here.
-      rest = jax.tree.map(lambda x: x, rest)
-      model = nnx.merge(graphdef, params, rest)
-      logits = model(images, train=True)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      rest = nnx.split(model, nnx.Param, ...)[2]
-      return ce, (logits, rest)
-
-    (ce, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state["params"], state["rest"]
-    )
+    compute = grad_fn if accum == 1 else accumulated_grad_fn
+    (ce, (accuracy, rest)), grads = compute(state["params"], state["rest"], images, labels)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     old = _variables_of_type(state["params"], layers.LatentWeight)
@@ -136,7 +176,7 @@ def make_update(graphdef, tx, schedule, config) -> Callable:
     metrics = {
       "ce": ce,
       "loss": ce + optim.scale_l2_penalty(state["params"], scale_l2),
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+      "accuracy": accuracy,
       "learning_rate": schedule(state["step"]),
       "grad_norm": optax.global_norm(grads),
       **scale_metrics(state["params"]),
@@ -183,24 +223,30 @@ def make_eval_step(graphdef, config, spec: DataSpec, mesh) -> Callable:
       return jax.lax.with_sharding_constraint(out, batch_sharding)
 
     images = input_pipeline.normalize(batch(data["images"]), spec.mean, spec.std)
-    labels, mask = batch(data["labels"]), batch(data["mask"])
-    model = nnx.merge(graphdef, state["params"], state["rest"])
-    logits = model(images, train=False)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return {
-      "correct": jnp.sum(mask * (jnp.argmax(logits, -1) == labels)),
-      "loss": jnp.sum(mask * ce),
-      "count": jnp.sum(mask),
-    }
+    return _eval_sums(graphdef, state, images, batch(data["labels"]), batch(data["mask"]))
 
   return jax.jit(eval_step)
 
 
+def _eval_sums(graphdef, state, images, labels, mask) -> dict[str, jax.Array]:
+  model = nnx.merge(graphdef, state["params"], state["rest"])
+  logits = model(images, train=False)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return {
+    "correct": jnp.sum(mask * (jnp.argmax(logits, -1) == labels)),
+    "loss": jnp.sum(mask * ce),
+    "count": jnp.sum(mask),
+  }
+
+
 def evaluate(eval_step, state, eval_data, num_batches: int) -> dict[str, float]:
   """Test accuracy and loss, every test example counted exactly once."""
+  return _summarize(eval_step(state, eval_data, i) for i in range(num_batches))
+
+
+def _summarize(batch_sums) -> dict[str, float]:
   sums = None
-  for i in range(num_batches):
-    out = eval_step(state, eval_data, i)
+  for out in batch_sums:
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   return {
@@ -208,6 +254,47 @@ def evaluate(eval_step, state, eval_data, num_batches: int) -> dict[str, float]:
     "loss": float(sums["loss"] / sums["count"]),
     "count": int(sums["count"]),
   }
+
+
+# ----------------------------------------------------------------------------- host-fed steps
+
+
+def make_host_fed_train_step(update, spec: DataSpec) -> Callable:
+  """train_step(state, batch) -> (state, metrics), jitted, state donated.
+
+  `batch` = {"images": uint8 [B,H,W,C], "labels": int32 [B]}: global arrays sharded on "data",
+  decoded and augmented on the hosts (imagenet_input.train_batches); normalized here.
+  """
+
+  def train_step(state, batch):
+    images = input_pipeline.normalize(batch["images"], spec.mean, spec.std)
+    return update(state, images, batch["labels"])
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def make_host_fed_eval_step(graphdef, spec: DataSpec) -> Callable:
+  """eval_step(state, batch) -> sums {correct, loss, count}; batch as above plus "mask"."""
+
+  def eval_step(state, batch):
+    images = input_pipeline.normalize(batch["images"], spec.mean, spec.std)
+    return _eval_sums(graphdef, state, images, batch["labels"], batch["mask"])
+
+  return jax.jit(eval_step)
+
+
+def _host_fed_feeds(source, graphdef, update, spec, config, mesh, start: int):
+  """(train(state) -> (state, metrics), run_eval(state) -> results) for an imagenet_input source."""
+  sharding = NamedSharding(mesh, P("data"))
+  batches = imagenet_input.train_batches(source, sharding, config.batch_size, start, config.seed)
+  train_step = make_host_fed_train_step(update, spec)
+  eval_step = make_host_fed_eval_step(graphdef, spec)
+
+  def run_eval(state):
+    eval_batches, _ = imagenet_input.eval_batches(source, sharding, config.eval_batch_size)
+    return _summarize(eval_step(state, batch) for batch in eval_batches)
+
+  return (lambda state: train_step(state, next(batches))), run_eval
 
 
 def replicate(tree, mesh):
@@ -249,6 +336,7 @@ def prepare_workdir(workdir: pathlib.Path, config, spec: DataSpec) -> None:
         f"workdir {workdir} holds a run of another experiment ({shown}); resume it with the "
         f"same config or choose a new --workdir"
       )
+  distributed.sync_processes("bnn_jax.prepare_workdir")  # every process has read config.json
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(flat, indent=2, sort_keys=True))
@@ -278,46 +366,6 @@ def load_run(workdir) -> tuple[ml_collections.ConfigDict, DataSpec]:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_manager(workdir: pathlib.Path, keep: int) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-    (workdir / "checkpoints").absolute(),
-    options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-  )
-
-
-def restore_latest(manager, state, workdir: pathlib.Path, keep: int):
-  """Restores the newest readable checkpoint into `state`'s structure and shardings.
-
-  A checkpoint that cannot be read is reported and moved to workdir/corrupt_checkpoints (kept,
-  never deleted); the one before it is tried next. Returns (state, manager).
-  """
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  while manager.latest_step() is not None:
-    step = manager.latest_step()
-    try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-      logging.info("Resumed from the checkpoint of step %d.", step)
-      return restored, manager
-    except Exception as e:  # orbax/tensorstore raise many types for unreadable files
-      corrupt = workdir / "corrupt_checkpoints" / f"{step}-{int(time.time())}"
-      logging.error(
-        "The checkpoint of step %d in %s is unreadable (%s: %s); moved it to %s and trying "
-        "the previous one.",
-        step,
-        manager.directory,
-        type(e).__name__,
-        str(e)[:200],
-        corrupt,
-      )
-      print(f"warning: checkpoint of step {step} is unreadable; moved to {corrupt}", flush=True)
-      if jax.process_index() == 0:
-        corrupt.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(pathlib.Path(manager.directory) / str(step)), str(corrupt))
-      manager.close()
-      manager = checkpoint_manager(workdir, keep)
-  return state, manager
 
 
 def restore_model(workdir) -> tuple[ml_collections.ConfigDict, DataSpec, nnx.Module]:
@@ -361,7 +409,13 @@ class MetricsLog:
   def read(self) -> list[dict]:
     if not self.path.exists():
       return []
-    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in self.path.read_text().splitlines():
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:  # a line cut short by a killed process
+        continue
+    return rows
 
 
 def _flush(pending, writer, last_good_step) -> dict[str, float]:
@@ -384,13 +438,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains config's model in workdir (resuming if it holds a checkpoint); returns final eval."""
   workdir = pathlib.Path(workdir)
   config_checks.check_config(config, jax.device_count())
-  ds = input_pipeline.load(config.data)
-  config_checks.check_against_data(config, len(ds.train_labels))
+  host_fed = imagenet_input.is_host_fed(config.data.name)
+  if host_fed:  # ImageNet-scale: decoded on the hosts, fed batch by batch
+    ds = imagenet_input.load(config.data)
+    num_train = ds.num_train
+  else:  # small: the whole dataset on the device
+    ds = input_pipeline.load(config.data)
+    num_train = len(ds.train_labels)
+  config_checks.check_against_data(config, num_train)
   spec = DataSpec.of(ds)
   prepare_workdir(workdir, config, spec)
 
   mesh = make_mesh()
-  num_train = len(ds.train_labels)
   steps_per_epoch = num_train // config.batch_size
   total_steps = optim.steps_from_epochs(config.num_epochs, steps_per_epoch)
   stop_step = min(total_steps, config.max_steps) if config.max_steps else total_steps
@@ -402,17 +461,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state, manager = restore_latest(manager, state, workdir, config.keep_checkpoints)
   start = int(jax.device_get(state["step"]))
 
-  train_data = replicate({"images": ds.train_images, "labels": ds.train_labels}, mesh)
-  images, labels, mask = input_pipeline.pad_for_eval(
-    ds.test_images, ds.test_labels, config.eval_batch_size
-  )
-  eval_data = replicate({"images": images, "labels": labels, "mask": mask}, mesh)
-  num_eval_batches = len(mask) // config.eval_batch_size
-
   update = make_update(graphdef, tx, schedule, config)
-  train_step = make_in_memory_train_step(update, config, spec, mesh, num_train)
-  eval_step = make_eval_step(graphdef, config, spec, mesh)
-  key = jax.random.key(config.seed)
+  if host_fed:
+    train_step, run_eval = _host_fed_feeds(ds, graphdef, update, spec, config, mesh, start)
+  else:
+    train_data = replicate({"images": ds.train_images, "labels": ds.train_labels}, mesh)
+    images, labels, mask = input_pipeline.pad_for_eval(
+      ds.test_images, ds.test_labels, config.eval_batch_size
+    )
+    eval_data = replicate({"images": images, "labels": labels, "mask": mask}, mesh)
+    num_eval_batches = len(mask) // config.eval_batch_size
+    in_memory_step = make_in_memory_train_step(update, config, spec, mesh, num_train)
+    eval_step = make_eval_step(graphdef, config, spec, mesh)
+    key = jax.random.key(config.seed)
+    train_step = lambda state: in_memory_step(state, train_data, key)
+    run_eval = lambda state: evaluate(eval_step, state, eval_data, num_eval_batches)
 
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   if start == 0:
@@ -433,49 +496,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   report = periodic_actions.ReportProgress(num_train_steps=stop_step, writer=writer)
   pending, last_good, result = [], start, {}
   window_start, window_step = time.time(), start
-  for step in range(start, stop_step):
-    state, metrics = train_step(state, train_data, key)
-    done = step + 1
-    pending.append((done, metrics))
-    report(done)
-    last = done == stop_step
-    evaluate_now = done % eval_every == 0 or last
-    save_now = done % config.checkpoint_every_steps == 0 or last
-    if done % config.log_every_steps == 0 or evaluate_now or save_now:
-      steps, values, mean = _flush(pending, writer, last_good)
-      images_per_sec = (done - window_step) * config.batch_size / (time.time() - window_start)
-      writer.write_scalars(done, {"train/images_per_sec": images_per_sec})
-      for s, v in zip(steps, values):  # every step's loss, for exact comparisons in tests
-        metrics_log.write(s, {"train/loss": float(v["loss"]), "train/ce": float(v["ce"])})
-      metrics_log.write(done, {f"train_mean/{k}": v for k, v in mean.items()}
-                        | {"train/images_per_sec": images_per_sec})
-      logging.info(
-        "step %d: loss %.4f, accuracy %.4f, %.1f images/s",
-        done,
-        mean["loss"],
-        mean["accuracy"],
-        images_per_sec,
-      )
-      window_start, window_step = time.time(), done
-    if evaluate_now:
-      result = evaluate(eval_step, state, eval_data, num_eval_batches)
-      writer.write_scalars(done, {f"eval/{k}": v for k, v in result.items()})
-      metrics_log.write(done, {f"eval/{k}": v for k, v in result.items()})
-      logging.info(
-        "step %d: test accuracy %.4f, test loss %.4f (%d examples)",
-        done,
-        result["accuracy"],
-        result["loss"],
-        result["count"],
-      )
-    if save_now:
-      manager.save(done, args=ocp.args.StandardSave(state))
-      last_good = done
-    if evaluate_now or save_now:  # keep eval and checkpoint time out of images/s
-      window_start = time.time()
+  try:
+    for step in range(start, stop_step):
+      state, metrics = train_step(state)
+      done = step + 1
+      pending.append((done, metrics))
+      report(done)
+      last = done == stop_step
+      evaluate_now = done % eval_every == 0 or last
+      save_now = done % config.checkpoint_every_steps == 0 or last
+      if done % config.log_every_steps == 0 or evaluate_now or save_now:
+        steps, values, mean = _flush(pending, writer, last_good)
+        images_per_sec = (done - window_step) * config.batch_size / (time.time() - window_start)
+        writer.write_scalars(done, {"train/images_per_sec": images_per_sec})
+        for s, v in zip(steps, values):  # every step's loss, for exact comparisons in tests
+          metrics_log.write(s, {"train/loss": float(v["loss"]), "train/ce": float(v["ce"])})
+        metrics_log.write(
+          done,
+          {f"train_mean/{k}": v for k, v in mean.items()}
+          | {"train/images_per_sec": images_per_sec},
+        )
+        logging.info(
+          "step %d: loss %.4f, accuracy %.4f, %.1f images/s",
+          done,
+          mean["loss"],
+          mean["accuracy"],
+          images_per_sec,
+        )
+        window_start, window_step = time.time(), done
+      if evaluate_now:
+        result = run_eval(state)
+        writer.write_scalars(done, {f"eval/{k}": v for k, v in result.items()})
+        metrics_log.write(done, {f"eval/{k}": v for k, v in result.items()})
+        logging.info(
+          "step %d: test accuracy %.4f, test loss %.4f (%d examples)",
+          done,
+          result["accuracy"],
+          result["loss"],
+          result["count"],
+        )
+      if save_now:
+        manager.save(done, args=ocp.args.StandardSave(state))
+        last_good = done
+      if evaluate_now or save_now:  # keep eval and checkpoint time out of images/s
+        window_start = time.time()
+  finally:  # an error must not lose the checkpoint being written
+    manager.wait_until_finished()
   if not result:  # nothing left to train: report the restored model
-    result = evaluate(eval_step, state, eval_data, num_eval_batches)
-  manager.wait_until_finished()
+    result = run_eval(state)
   manager.close()
   writer.flush()
   return result

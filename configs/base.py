@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_epochs = 200.0
   c.max_steps = 0  # >0: stop after this many steps (the schedule still spans num_epochs)
   c.compute_dtype = "float32"  # "float32" or "bfloat16" (master weights stay float32)
+  c.grad_accum_steps = 1  # >1: each step's batch runs in this many microbatches, one update
 
   c.log_every_steps = 100
   c.eval_every_epochs = 1.0
