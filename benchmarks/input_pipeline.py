@@ -11,13 +11,14 @@ many accelerators one host's cores can feed (a GPU trains ResNet-18 at a few tho
 """
 
 import os
-import platform
 import sys
 import time
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+import machine  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("seconds", 20.0, "Time per measurement, after the warm-up.")
@@ -26,16 +27,6 @@ flags.DEFINE_integer("batch_size", 256, "Images per batch (this host's share).")
 flags.DEFINE_integer("threads", 0, "tf.data threads (data.num_threads); 0 = one per core.")
 flags.DEFINE_integer("image_size", 224, "Training crop, pixels.")
 flags.DEFINE_integer("num_jpegs", 64, "Distinct synthetic JPEGs (repeated).")
-
-
-def machine() -> str:
-  cpu = "unknown CPU"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return f"{platform.machine()} {cpu}, {os.cpu_count()} cores (os.cpu_count)"
 
 
 def rate(iterator, batch_size: int) -> float:
@@ -69,10 +60,7 @@ def main(argv):
   jpegs, _ = imagenet_input.synthetic_jpegs(4, tuple(data.synthetic_image_shape), 4)
   mean_kib = np.mean([len(j) for j in jpegs]) / 1024
   batch = FLAGS.batch_size
-  print(
-    f"machine: {machine()}; jax {jax.__version__} on {jax.device_count()} x "
-    f"{jax.devices()[0].device_kind}"
-  )
+  print(f"machine: {machine.describe()}")
   print(
     f"settings: {data.synthetic_image_shape[1]}x{data.synthetic_image_shape[0]} JPEGs "
     f"(mean {mean_kib:.0f} KiB) -> random-resized crop {data.image_size}, flip; batch {batch}; "

@@ -9,7 +9,6 @@ in the same process, one after the other, so their ratio is the figure to compar
 """
 
 import os
-import platform
 import statistics
 import sys
 import time
@@ -18,6 +17,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+import machine  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/vgg_small.py", "Model config.")
@@ -25,22 +26,6 @@ flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_integer("steps", 5, "Steps per timing.")
 flags.DEFINE_integer("repeats", 3, "Timings; the median is reported.")
 flags.DEFINE_list("variants", ["binary", "float"], "Which of binary, float to measure.")
-
-
-def machine() -> str:
-  import jax
-
-  cpu = "unknown CPU"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-  return (
-    f"{platform.machine()} {cpu}, {os.cpu_count()} cores; jax {jax.__version__} on "
-    f"{jax.device_count()} x {devices}"
-  )
 
 
 def measure(config, variant: str) -> float:
@@ -75,7 +60,7 @@ def measure(config, variant: str) -> float:
 def main(argv):
   del argv
   config = FLAGS.config
-  print(f"machine: {machine()}")
+  print(f"machine: {machine.describe()}")
   print(
     f"model {config.model.name} width {config.model.width}, batch {FLAGS.batch_size}, "
     f"{FLAGS.steps} steps x {FLAGS.repeats} timings, compute {config.compute_dtype}"
