@@ -42,7 +42,6 @@ def rate(iterator, batch_size: int) -> float:
 
 def main(argv):
   del argv
-  import jax
   import numpy as np
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
