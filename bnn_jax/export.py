@@ -4,7 +4,7 @@
 
 Binary weights are stored one bit each, alpha, beta and BatchNorm are folded into integer
 thresholds or per-channel affine terms (`bnn_jax.lowering`), full-precision layers are kept in
-float32. The file format is described in `bnn_jax.inference`; `python -m bnn_jax.infer FILE ...`
+float32. The file format is described in `bnn_jax.program`; `python -m bnn_jax.infer FILE ...`
 runs it.
 """
 
@@ -13,8 +13,9 @@ import sys
 
 from absl import app, flags, logging
 
-from bnn_jax import inference, lowering, summary
+from bnn_jax import lowering, summary
 from bnn_jax.errors import InputError
+from bnn_jax.program import Program, save
 
 CLASS_NAMES = {
   "fashion_mnist": (
@@ -47,7 +48,7 @@ CLASS_NAMES = {
 EXACT_DTYPES = ("float32",)
 
 
-def program_of_workdir(workdir) -> inference.Program:
+def program_of_workdir(workdir) -> Program:
   """The Program of a workdir's newest readable checkpoint (see train.restore_model)."""
   from bnn_jax import train  # training code is needed to read the checkpoint only
 
@@ -58,7 +59,7 @@ def program_of_workdir(workdir) -> inference.Program:
   return program_of_model(config, spec, model, workdir)
 
 
-def program_of_model(config, spec, model, workdir=None) -> inference.Program:
+def program_of_model(config, spec, model, workdir=None) -> Program:
   """The Program of a model trained with `config` on data described by `spec` (a DataSpec)."""
   compute_dtype = config.get("compute_dtype", "float32")
   metadata = {
@@ -78,16 +79,16 @@ def program_of_model(config, spec, model, workdir=None) -> inference.Program:
   return lowering.lower(model, spec.image_shape, spec.mean, spec.std, metadata)
 
 
-def export(program: inference.Program, output) -> int:
+def export(program: Program, output) -> int:
   """Writes `program` to `output`; returns the file's size in bytes."""
   output = pathlib.Path(output)
   if output.is_dir():
     raise InputError(f"--output {str(output)!r} is a folder; give a file name, e.g. model.bnn")
   output.parent.mkdir(parents=True, exist_ok=True)
-  return inference.save(program, output)
+  return save(program, output)
 
 
-def report(program: inference.Program, file_bytes: int) -> str:
+def report(program: Program, file_bytes: int) -> str:
   """The summary table and the file size against the summary's deployed size."""
   s = summary.summarize(program)
   header = file_bytes - s.deployed_bytes

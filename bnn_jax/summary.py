@@ -14,9 +14,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bnn_jax import inference, lowering
+from bnn_jax import lowering
 from bnn_jax.errors import InputError
-from bnn_jax.inference import Op, Program
+from bnn_jax.program import Op, Program, to_bytes
 
 MIB = 2**20
 _INPUT_BITS = {"float": "32f", "bits": "1", "counts": "32i"}
@@ -247,7 +247,7 @@ def main(argv):
     f"{'x'.join(map(str, image_shape))}, {num_classes} classes"
   )
   print(summarize(program).table())
-  print(f"file size          {len(inference.to_bytes(program)):>12,} bytes (the exported file)")
+  print(f"file size          {len(to_bytes(program)):>12,} bytes (the exported file)")
 
 
 if __name__ == "__main__":

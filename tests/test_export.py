@@ -13,6 +13,7 @@ from PIL import Image
 
 from bnn_jax import export, inference, input_pipeline, summary, train
 from bnn_jax.errors import InputError
+from bnn_jax.program import ALIGN, PREAMBLE, from_bytes, to_bytes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def test_export_command_prints_the_summary_and_writes_the_file(trained, tmp_path
   assert "conv1" in done.stdout and "binary_conv" in done.stdout
   # The file is the deployed size plus the header: the preamble and the JSON op table.
   json_bytes = struct.unpack_from("<I", output.read_bytes(), 12)[0]
-  assert 0 <= header - inference.PREAMBLE.size - json_bytes < inference.ALIGN * 4 * len(program.ops)
+  assert 0 <= header - PREAMBLE.size - json_bytes < ALIGN * 4 * len(program.ops)
 
 
 def test_exported_engine_reproduces_the_training_evaluation(trained):
@@ -83,7 +84,7 @@ def test_export_refuses_a_folder_that_is_not_a_workdir_and_a_folder_as_output(tm
 
 @pytest.fixture(scope="module")
 def model_bytes(trained):
-  return inference.to_bytes(trained[-1])
+  return to_bytes(trained[-1])
 
 
 def _first_nbytes_changed(data: bytes) -> bytes:
@@ -96,7 +97,7 @@ def _first_nbytes_changed(data: bytes) -> bytes:
 def _with_crc(data: bytes) -> bytes:
   """data with its CRC field recomputed (to reach the checks behind the CRC)."""
   header = struct.unpack_from("<I", data, 12)[0]
-  body = data[inference.PREAMBLE.size :]
+  body = data[PREAMBLE.size :]
   crc = zlib.crc32(body[header:], zlib.crc32(body[:header]))
   return data[:24] + struct.pack("<I", crc) + data[28:]
 
@@ -135,8 +136,8 @@ def test_missing_file_raises_input_error(tmp_path):
 
 
 def test_file_round_trip_keeps_every_array_and_attribute(model_bytes):
-  program = inference.from_bytes(model_bytes)
-  again = inference.from_bytes(inference.to_bytes(program))
+  program = from_bytes(model_bytes)
+  again = from_bytes(to_bytes(program))
   assert [(op.kind, op.name, op.inputs, op.shape, op.attrs) for op in program.ops] == [
     (op.kind, op.name, op.inputs, op.shape, op.attrs) for op in again.ops
   ]

@@ -1,5 +1,8 @@
 """The packed engine against the training graph: bits, integer accumulations, logits, top-1."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -321,6 +324,17 @@ def test_pooling_after_a_negative_batch_norm_and_binary_dense_with_bias(
 
 
 # ----------------------------------------------------------------------------- errors
+
+
+def test_engine_imports_no_training_code():
+  code = (
+    "import sys, bnn_jax.inference, bnn_jax.infer; "
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'optax', 'orbax') "
+    "or m in ('bnn_jax.train', 'bnn_jax.optim', 'bnn_jax.layers', 'bnn_jax.models')))"
+  )
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == "[]"
 
 
 def test_images_of_the_wrong_shape_are_refused(test_config):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bnn_jax import inference, lowering, models, summary
+from bnn_jax import lowering, models, summary
+from bnn_jax.program import ALIGN, PREAMBLE, to_bytes
 
 MIB = 2**20
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -84,10 +85,10 @@ def test_rows_are_the_programs_ops_and_sizes_are_its_arrays(test_config):
 def test_file_is_the_deployed_size_plus_a_header(test_config):
   program = lowering.lower(_model(test_config, "vgg_small"), (32, 32, 3))
   s = summary.summarize(program)
-  data = inference.to_bytes(program)
-  header = inference.PREAMBLE.size + np.frombuffer(data[12:16], "<u4")[0]
+  data = to_bytes(program)
+  header = PREAMBLE.size + np.frombuffer(data[12:16], "<u4")[0]
   alignment = len(data) - header - s.deployed_bytes
-  assert 0 <= alignment < inference.ALIGN * len(program.ops) * 4
+  assert 0 <= alignment < ALIGN * len(program.ops) * 4
   assert len(data) - s.deployed_bytes < 0.02 * s.deployed_bytes
 
 
