@@ -245,14 +245,19 @@ def test_resnet18_engine_matches_the_training_graph(test_config, settings):
   check_engine_matches(model, program, images((32, 32, 3), n=4))
 
 
-def test_float_vgg_small_runs_in_the_engine_too(test_config):
+@pytest.mark.parametrize(
+  "name,image_shape",
+  [("vgg_small", (12, 12, 3)), ("alexnet", (67, 67, 3)), ("resnet18", (32, 32, 3))],
+)
+def test_float_models_run_in_the_engine_too(test_config, name, image_shape):
   test_config.model.binary = False
-  model = randomize(vgg(test_config), image_shape=(12, 12, 3))
-  program = lowering.lower(model, (12, 12, 3))
-  assert {op.kind for op in program.ops}.isdisjoint({"binary_conv", "threshold"})
+  model = randomize(small(test_config, name, image_shape), image_shape=image_shape)
+  program = lowering.lower(model, image_shape)
+  assert {op.kind for op in program.ops}.isdisjoint({"binary_conv", "binary_dense", "threshold"})
   engine = inference.Engine(program)
-  x = engine.normalize(images((12, 12, 3)))
-  np.testing.assert_allclose(engine.run({"input": x}), training_graph(model, x)[0], atol=1e-4)
+  x = engine.normalize(images(image_shape, n=4))
+  logits = training_graph(model, x)[0]
+  np.testing.assert_allclose(engine.run({"input": x}), logits, atol=1e-4 * (1 + abs(logits).max()))
 
 
 def test_engine_reads_its_own_file_and_gives_the_same_logits(test_config, tmp_path):
