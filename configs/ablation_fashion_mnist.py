@@ -2,11 +2,12 @@
 
 Command (about an hour on a shared 2-core CPU: 10 variants x 3 seeds, about 2 minutes a run):
   python -m launch.ablation --config=configs/ablation_fashion_mnist.py \
-    --output=/tmp/ablation_fashion_mnist --seeds=0,1,2
+    --output=/tmp/ablation_fashion_mnist_30k --seeds=0,1,2
 
 `get_config()` is the base every variant starts from: a binary VGG-Small of width 1/8
 (channels 16, 16, 32, 32, 64, 64) trained for one epoch on the first 30,000 training images
-(234 steps of 128) and evaluated on all 10,000 test images, with the paper's full recipe (PAPER.md, configs/base.py).
+(234 steps of 128) and evaluated on all 10,000 test images, with the paper's full recipe
+(PAPER.md, configs/base.py).
 It derives from configs/base.py directly, not from configs/fashion_mnist.py, so that changing
 that config's default recipe does not change this table.
 

@@ -4,7 +4,15 @@ Command (Fashion-MNIST from the Debian package dataset-fashion-mnist):
   python -m bnn_jax.main --config=configs/fashion_mnist.py --workdir=/tmp/fashion_mnist
 
 Full precision, the same network: add --config.model.binary=False.
-Expected: see the README's results table (measured with this config).
+
+The default recipe of configs/vgg_small.py: the paper's components with the L2 on alpha
+decoupled (AdamW style), because BatchNorm cancels alpha in VGG-Small and the coupled term then
+drives alpha toward 0 at about lr per step (measured in the README's ablations, 3 seeds:
+coupled 74.97 +- 0.79 %, decoupled 75.85 +- 0.18 %, no L2 75.49 +- 0.38 %; mean alpha
+0.053 -> 0.013 coupled, 0.049 decoupled). The paper-faithful coupled form is
+configs/fashion_mnist_paper.py.
+Expected: the README's results table measured the coupled form (now configs/fashion_mnist_paper.py,
+88.31 %, seed 0, 3 epochs); this decoupled default is measured only by the shorter ablation above.
 """
 
 from configs import base
@@ -20,4 +28,5 @@ def get_config():
   c.num_epochs = 3.0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
+  c.optimizer.scale_l2_mode = "decoupled"  # see the docstring: BatchNorm cancels alpha
   return c

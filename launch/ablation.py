@@ -160,18 +160,31 @@ def mean_over_layers(series: dict, kind: str) -> list[tuple[int, float]]:
 
 
 def final_scales(workdir: pathlib.Path) -> dict:
-  """Scale statistics of the run's final checkpoint: per-layer means, min and sign of alpha."""
+  """Scale statistics of the run's final checkpoint: per-layer means, min and sign of alpha.
+
+  Restores the train state into shapes from `jax.eval_shape` (nothing is compiled) and selects
+  the scales by type, as train.scale_metrics does for the logged values.
+  """
+  import jax
   import numpy as np
   from flax import nnx
 
-  from bnn_jax import layers, train
+  from bnn_jax import checkpointing, layers, optim, train
 
-  _, _, model = train.restore_model(workdir)
-  out = {k: float(v) for k, v in layers.scales_by_layer(model).items()}
+  config, spec = train.load_run(workdir)
+  tx, _ = optim.make(config, steps_per_epoch=1)
+  mesh = train.make_mesh()
+  abstract = jax.eval_shape(lambda: train.init_state(config, spec, tx, mesh)[1])
+  manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
+  state, manager = checkpointing.restore_latest(manager, abstract, workdir, config.keep_checkpoints)
+  manager.close()
+  params = state["params"]
+  out = {k: float(v) for k, v in train.scale_metrics(params).items()}
+  is_variable = lambda x: isinstance(x, nnx.Variable)
   alphas = [
-    np.ravel(np.asarray(var[...]))
-    for _, var in nnx.iter_graph(model)
-    if isinstance(var, layers.WeightScale)
+    np.ravel(np.asarray(v[...]))
+    for v in jax.tree.leaves(params, is_leaf=is_variable)
+    if isinstance(v, layers.WeightScale)
   ]
   if alphas:
     alpha = np.concatenate(alphas)
