@@ -15,7 +15,6 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -26,24 +25,24 @@ from flax import nnx
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # machine.py, also when run from elsewhere
+
+import machine  # noqa: E402  (benchmarks/machine.py)
 
 from bnn_jax import inference, input_pipeline, lowering, models, summary  # noqa: E402
 
 
-def cpu_info() -> str:
+def simd_flags() -> str:
+  """The CPU's vector extensions that matter here (/proc/cpuinfo)."""
   try:
     text = pathlib.Path("/proc/cpuinfo").read_text()
   except OSError:
-    return platform.processor() or platform.machine()
-  name = next(
-    (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-    platform.machine(),
-  )
+    return "unknown"
   flags = next(
     (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
   )
   wanted = [f for f in ("avx2", "avx512f", "avx512_vpopcntdq", "avx512_vnni") if f in flags]
-  return f"{name}, {os.cpu_count()} cores, {' '.join(wanted) or 'no AVX2'}"
+  return " ".join(wanted) or "no AVX2"
 
 
 def random_vgg_small(image_shape=(32, 32, 3)):
@@ -125,7 +124,8 @@ def main():
   s = summary.summarize(program)
 
   print(f"date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-  print(f"machine   {cpu_info()}; load average {os.getloadavg()[0]:.1f} at start")
+  print(f"machine   {machine.describe()}; {simd_flags()}")
+  print(f"load      average {os.getloadavg()[0]:.1f} at start")
   print(
     f"software  jax {jax.__version__}, {jax.devices()[0].platform}; XLA_FLAGS="
     f"{os.environ.get('XLA_FLAGS', '')!r}"
