@@ -107,8 +107,12 @@ def report(program: Program, file_bytes: int) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir (its newest checkpoint is exported).")
-flags.DEFINE_string("output", None, "The packed model file to write, e.g. model.bnn.")
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when run as a program (modules share absl's flags)."""
+  flags.DEFINE_string("workdir", None, "Training workdir (its newest checkpoint is exported).")
+  flags.DEFINE_string("output", None, "The packed model file to write, e.g. model.bnn.")
 
 
 def main(argv):
@@ -128,4 +132,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

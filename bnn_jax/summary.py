@@ -215,7 +215,11 @@ DATA_SHAPES = {
 }
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "A config file from configs/.", lock_config=True)
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when run as a program (modules share absl's flags)."""
+  config_flags.DEFINE_config_file("config", None, "A config file from configs/.", lock_config=True)
 
 
 def main(argv):
@@ -251,5 +255,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -33,16 +33,21 @@ from ml_collections import config_flags
 from bnn_jax.errors import InputError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-  "config", None, "A config file that defines get_config() and sweep().", lock_config=True
-)
-flags.DEFINE_string("output", None, "Folder of the runs, the CSV and the plot; rerun to resume.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run every variant with.")
-flags.DEFINE_list("variants", [], "Names of the variants to run (default: all of sweep()).")
-flags.DEFINE_bool(
-  "collect_only", False, "Train nothing: rebuild CSV, plot and summary from finished runs."
-)
-flags.mark_flags_as_required(["config", "output"])
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when run as a program (modules share absl's flags)."""
+  config_flags.DEFINE_config_file(
+    "config", None, "A config file that defines get_config() and sweep().", lock_config=True
+  )
+  flags.DEFINE_string("output", None, "Folder of the runs, the CSV and the plot; rerun to resume.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run every variant with.")
+  flags.DEFINE_list("variants", [], "Names of the variants to run (default: all of sweep()).")
+  flags.DEFINE_bool(
+    "collect_only", False, "Train nothing: rebuild CSV, plot and summary from finished runs."
+  )
+  flags.mark_flags_as_required(["config", "output"])
+
 
 RESULT_FILE = "result.json"
 CSV_FILE = "ablation.csv"
@@ -424,4 +429,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
