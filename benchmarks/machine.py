@@ -5,7 +5,7 @@ import platform
 
 
 def cpu() -> str:
-  """"x86_64 <CPU model name>, N cores" from /proc/cpuinfo where it exists."""
+  """ "x86_64 <CPU model name>, N cores" from /proc/cpuinfo where it exists."""
   name = "unknown CPU"
   try:
     with open("/proc/cpuinfo") as f:

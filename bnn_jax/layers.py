@@ -61,7 +61,7 @@ class BinaryActivation(nnx.Module):
 
 
 class _BinaryKernel(nnx.Module):
-  """Latent weights [..., in, out] and their scale alpha; `binary_kernel()` gives alpha * sign(W)."""
+  """Latent weights [..., in, out] and their scale alpha; `binary_kernel()` is alpha * sign(W)."""
 
   def _init_kernel(self, w, *, estimator, scale, scale_per, scale_init):
     binary.check_estimator(estimator)

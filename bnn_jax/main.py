@@ -12,6 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bnn_jax.errors import InputError
+from bnn_jax.logs import quiet_library_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -31,18 +32,10 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process 
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 
 
-class _QuietLibraries:
-  """Drops INFO records of orbax and tensorflow-datasets; they log every file they touch."""
-
-  def filter(self, record) -> bool:
-    noisy = ("/orbax/", "/tensorflow_datasets/", "/etils/")
-    return record.levelno > 20 or not any(n in record.pathname for n in noisy)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  quiet_library_logs()
   # Import after flag parsing: jax picks up XLA_FLAGS and the platform when first imported.
   from bnn_jax import distributed
 

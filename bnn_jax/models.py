@@ -127,9 +127,7 @@ class VGGSmall(nnx.Module):
     final_activation: str = "relu",
     rngs: nnx.Rngs,
   ):
-    if final_activation not in ("relu", "binary"):
-      raise ValueError(f"unknown final_activation {final_activation!r}; allowed: relu, binary")
-    channels = [max(1, round(c * width)) for c in VGG_SMALL_CHANNELS]
+    channels = _scaled(VGG_SMALL_CHANNELS, width)
     height, width_px, in_channels = image_shape
     dtype = kit.dtype
     fp = float_kit(dtype)
@@ -140,7 +138,7 @@ class VGGSmall(nnx.Module):
       setattr(self, f"act{i}", kit.activation())
       setattr(self, f"conv{i}", kit.conv(channels[i - 1], channels[i], (3, 3), 1, rngs))
     self.bn6 = batch_norm(channels[5], rngs, dtype)
-    self.act6 = kit.activation() if final_activation == "binary" else nnx.relu
+    self.act6 = _final_activation(kit, final_activation)
     for _ in range(3):
       height, width_px = height // 2, width_px // 2
     if height < 1 or width_px < 1:

@@ -31,6 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bnn_jax.errors import InputError
+from bnn_jax.logs import quiet_library_logs
 
 FLAGS = flags.FLAGS
 
@@ -402,18 +403,10 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
 # ----------------------------------------------------------------------------- command line
 
 
-class _QuietLibraries:
-  """Drops INFO records of orbax and tensorflow-datasets; they log every file they touch."""
-
-  def filter(self, record) -> bool:
-    noisy = ("/orbax/", "/tensorflow_datasets/", "/etils/")
-    return record.levelno > 20 or not any(n in record.pathname for n in noisy)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  quiet_library_logs()
   try:
     seeds = [int(s) for s in FLAGS.seeds]
   except ValueError:
