@@ -89,13 +89,24 @@ _HOST_FED_KEYS = [k for k in _OPTIONAL_RULES if k.startswith("data.")] + [
 ]
 
 
-def _get(config, dotted):
+_MISSING = object()
+
+
+def _lookup(config, dotted):
+  """config["a"]["b"] for "a.b", or _MISSING where a part is absent."""
   node = config
   for part in dotted.split("."):
     if part not in node:
-      raise InputError(f"config has no {dotted!r}; start experiment configs from configs/base.py")
+      return _MISSING
     node = node[part]
   return node
+
+
+def _get(config, dotted):
+  value = _lookup(config, dotted)
+  if value is _MISSING:
+    raise InputError(f"config has no {dotted!r}; start experiment configs from configs/base.py")
+  return value
 
 
 def _type_ok(value, kind) -> bool:
@@ -109,12 +120,7 @@ def _type_ok(value, kind) -> bool:
 
 
 def _has(config, dotted) -> bool:
-  node = config
-  for part in dotted.split("."):
-    if part not in node:
-      return False
-    node = node[part]
-  return True
+  return _lookup(config, dotted) is not _MISSING
 
 
 def _check_value(key, value, kind, predicate, allowed) -> None:
