@@ -29,7 +29,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # machine.py, also when run from e
 
 import machine  # noqa: E402  (benchmarks/machine.py)
 
-from bnn_jax import inference, input_pipeline, lowering, models, summary  # noqa: E402
+from bnn_jax import models  # noqa: E402
+from bnn_jax.data import DataSpec, normalize  # noqa: E402
+from bnn_jax.deploy import inference, lowering, summary  # noqa: E402
 
 
 def simd_flags() -> str:
@@ -101,9 +103,9 @@ def main():
   args = parser.parse_args()
 
   if args.workdir:
-    from bnn_jax import train
+    from bnn_jax import run
 
-    config, spec, model = train.restore_model(args.workdir)
+    config, spec, model = run.restore_model(args.workdir)
     image_shape, mean, std = spec.image_shape, spec.mean, spec.std
     source = f"checkpoint of {args.workdir} ({config.model.name}, width {config.model.width})"
   else:
@@ -115,8 +117,8 @@ def main():
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def float32_eval(state, images):  # what train.make_eval_step computes
-    x = input_pipeline.normalize(images, mean, std)
+  def float32_eval(state, images):  # what train.make_eval_sums computes
+    x = normalize(images, DataSpec(0, image_shape, mean, std))
     return nnx.merge(graphdef, state)(x, train=False)
 
   binary = inference.binary_ops(program)

@@ -46,7 +46,8 @@ def main(argv):
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
-  from bnn_jax import imagenet_input, train
+  from bnn_jax import run
+  from bnn_jax.data import imagenet
   from configs import imagenet_base
 
   config = imagenet_base.get_config()
@@ -55,8 +56,8 @@ def main(argv):
   data.image_size = FLAGS.image_size
   data.num_threads = FLAGS.threads
   data.synthetic_num_images = FLAGS.num_jpegs
-  source = imagenet_input.load(data)
-  jpegs, _ = imagenet_input.synthetic_jpegs(4, tuple(data.synthetic_image_shape), 4)
+  source = imagenet.load(data)
+  jpegs, _ = imagenet.synthetic_jpegs(4, tuple(data.synthetic_image_shape), 4)
   mean_kib = np.mean([len(j) for j in jpegs]) / 1024
   batch = FLAGS.batch_size
   print(f"machine: {machine.describe()}")
@@ -68,8 +69,8 @@ def main(argv):
   ds = source.train_dataset(0, (0, batch), batch, seed=0)
   tf_rate = rate(ds.as_numpy_iterator(), batch)
   print(f"(a) tf.data decode + augment + batch: {tf_rate:8.1f} images/s")
-  mesh = train.make_mesh()
-  batches = imagenet_input.train_batches(source, NamedSharding(mesh, P("data")), batch, 0, 0)
+  mesh = run.make_mesh()
+  batches = imagenet.train_batches(source, NamedSharding(mesh, P("data")), batch, 0, 0)
   full_rate = rate(batches, batch)
   print(f"(b) ... + global jax.Arrays:          {full_rate:8.1f} images/s")
 

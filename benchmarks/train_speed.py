@@ -33,17 +33,18 @@ def measure(config, variant: str) -> float:
   import jax.numpy as jnp
   import numpy as np
 
-  from bnn_jax import optim, train
+  from bnn_jax import optim, run, train
+  from bnn_jax.data import DataSpec
 
   config = config.copy_and_resolve_references()
   config.model.binary = variant == "binary"
-  spec = train.DataSpec(10, (32, 32, 3), (0.0,) * 3, (1.0,) * 3)
-  mesh = train.make_mesh()
+  spec = DataSpec(10, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
+  mesh = run.make_mesh()
   tx, schedule = optim.make(config, steps_per_epoch=1000)
-  graphdef, state = train.init_state(config, spec, tx, mesh)
-  step = jax.jit(train.make_update(graphdef, tx, schedule, config), donate_argnums=0)
+  graphdef, state = run.init_state(config, spec, tx, mesh)
+  step = jax.jit(train.make_update(graphdef, tx, schedule, config, spec), donate_argnums=0)
   rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.normal(size=(FLAGS.batch_size, 32, 32, 3)).astype(np.float32))
+  images = jnp.asarray(rng.integers(0, 256, (FLAGS.batch_size, 32, 32, 3), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, 10, FLAGS.batch_size).astype(np.int32))
   state, metrics = step(state, images, labels)  # compile
   jax.block_until_ready(metrics)

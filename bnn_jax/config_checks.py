@@ -4,7 +4,8 @@ import numbers
 
 import ml_collections
 
-from bnn_jax import binary, imagenet_input, input_pipeline, layers, models, optim
+from bnn_jax import binary, layers, models, optim
+from bnn_jax.data import DATASETS, in_memory
 from bnn_jax.errors import InputError
 
 
@@ -32,9 +33,9 @@ _RULES = {
   "binary.activation_estimator": (str, _choice(*binary.ESTIMATORS)),
   "binary.activation_scale": (str, _choice(*layers.ACTIVATION_SCALES)),
   "binary.beta_init": (float, _POSITIVE),
-  "data.name": (str, _choice(*input_pipeline.DATASETS, *imagenet_input.DATASETS)),
+  "data.name": (str, _choice(*DATASETS)),
   "data.path": (str, _ANY),
-  "data.augment": (str, _choice(*input_pipeline.AUGMENTATIONS)),
+  "data.augment": (str, _choice(*in_memory.AUGMENTATIONS)),
   "data.train_subset": (int, _NON_NEGATIVE),
   "optimizer.name": (str, _choice(*optim.OPTIMIZERS)),
   "optimizer.learning_rate": (float, _POSITIVE),
@@ -141,7 +142,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if _has(config, key):
       _check_value(key, _get(config, key), kind, predicate, allowed)
   _check_model_options(config)
-  if imagenet_input.is_host_fed(config.data.name):
+  if DATASETS[config.data.name].host_fed:
     _check_host_fed(config)
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % num_devices:

@@ -179,11 +179,22 @@ class BinaryDense(_BinaryKernel):
     return y
 
 
-def scales_by_layer(model: nnx.Module) -> dict[str, jax.Array]:
-  """Mean of every Scale variable, keyed "alpha/<layer path>" or "beta/<layer path>"."""
+def is_variable(x) -> bool:
+  """The is_leaf of tree functions over a train state's params (leaves are nnx.Variables)."""
+  return isinstance(x, nnx.Variable)
+
+
+def values_of_type(tree, kind: type) -> list[jax.Array]:
+  """The values of every variable of type `kind` (e.g. WeightScale, LatentWeight) in `tree`."""
+  return [v[...] for v in jax.tree.leaves(tree, is_leaf=is_variable) if isinstance(v, kind)]
+
+
+def mean_scales(tree) -> dict[str, jax.Array]:
+  """Mean alpha and beta of every binary layer: {"alpha/conv1": ..., "beta/act1": ...}."""
   out = {}
-  for path, var in nnx.iter_graph(model):
+  for path, var in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]:
     if isinstance(var, Scale):
-      *layer, kind = (str(p) for p in path)
-      out[f"{kind}/{'.'.join(layer)}"] = jnp.mean(var[...])
+      names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+      kind = "alpha" if isinstance(var, WeightScale) else "beta"
+      out[f"{kind}/{'.'.join(names[:-1])}"] = jnp.mean(var[...])
   return out

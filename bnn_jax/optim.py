@@ -30,13 +30,9 @@ SCHEDULES = ("cosine", "step", "constant")
 SCALE_L2_MODES = ("coupled", "decoupled")
 
 
-def _is_variable(x) -> bool:
-  return isinstance(x, nnx.Variable)
-
-
 def type_mask(predicate: Callable[[nnx.Variable], bool]) -> Callable:
   """A mask function for optax.masked: True at the variables for which predicate holds."""
-  return lambda params: jax.tree.map(predicate, params, is_leaf=_is_variable)
+  return lambda params: jax.tree.map(predicate, params, is_leaf=layers.is_variable)
 
 
 def is_weight_scale(v: nnx.Variable) -> bool:
@@ -92,7 +88,7 @@ def clip_latent_weights(limit: float = 1.0) -> optax.GradientTransformation:
         return u
       return jax.tree.map(lambda uu, pp: jnp.clip(pp + uu, -limit, limit) - pp, u, p)
 
-    return jax.tree.map(project, updates, params, is_leaf=_is_variable), state
+    return jax.tree.map(project, updates, params, is_leaf=layers.is_variable), state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -125,5 +121,5 @@ def make(config: ml_collections.ConfigDict, steps_per_epoch: int):
 
 def scale_l2_penalty(params, scale_l2: float) -> jax.Array:
   """scale_l2 * sum(alpha ** 2) over all weight scales (for logging the full loss)."""
-  alphas = [v[...] for v in jax.tree.leaves(params, is_leaf=_is_variable) if is_weight_scale(v)]
+  alphas = layers.values_of_type(params, layers.WeightScale)
   return scale_l2 * sum((jnp.sum(jnp.square(a)) for a in alphas), jnp.zeros(()))

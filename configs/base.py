@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.binary.beta_init = 1.0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "cifar10"  # bnn_jax.input_pipeline.DATASETS
+  c.data.name = "cifar10"  # bnn_jax.in_memory.DATASETS
   c.data.path = ""  # folder of IDX or .npz files (fashion_mnist, mnist, npz)
   c.data.tfds_data_dir = ""  # tfds data_dir; "" = tfds default
   c.data.manual_dir = ""  # offline CIFAR-10: folder holding cifar-10-binary.tar.gz

@@ -12,7 +12,7 @@ trained with the same config), an interrupted run resumes from its last checkpoi
   ablation.csv   one row per run: test accuracy and loss, steps, wall time, the final scales
                  (alpha/<layer>, beta/<layer>: means over channels, read from the final
                  checkpoint) and the first and last logged mean of alpha and beta over layers
-                 (read back from the TensorBoard event files the training wrote)
+                 (read back from the run's metrics.jsonl)
   ablation.png   test accuracy per variant (every seed and mean +- std) and mean alpha over
                  training for the variants that train alpha
   summary.md     the table for the README: mean +- std over seeds per variant
@@ -131,33 +131,23 @@ def run_dir(output, variant: str, seed: int) -> pathlib.Path:
 # ----------------------------------------------------------------------------- what a run left
 
 
-def logged_scalars(workdir: pathlib.Path, prefixes=("train/alpha/", "train/beta/")) -> dict:
-  """{tag: [(step, value), ...] sorted by step} of the scalars in the workdir's event files.
-
-  A resumed run writes a new event file and logs some steps again; the newer value wins.
-  """
-  from tensorboard.backend.event_processing import event_file_loader
-  from tensorboard.util import tensor_util
+def logged_scalars(
+  workdir: pathlib.Path, prefixes=("train_mean/alpha/", "train_mean/beta/")
+) -> dict:
+  """{tag: [(step, value), ...] sorted by step} of the run's metrics.jsonl scalars."""
+  from bnn_jax import run
 
   series: dict[str, dict[int, float]] = {}
-  for path in sorted(workdir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
-    for event in event_file_loader.EventFileLoader(str(path)).Load():
-      for value in event.summary.value:
-        if not value.tag.startswith(prefixes):
-          continue
-        kind = value.WhichOneof("value")
-        number = (
-          float(tensor_util.make_ndarray(value.tensor))
-          if kind == "tensor"
-          else float(value.simple_value)
-        )
-        series.setdefault(value.tag, {})[int(event.step)] = number
+  for row in run.MetricsLog(workdir).read():
+    for tag, value in row.items():
+      if tag.startswith(prefixes):
+        series.setdefault(tag, {})[int(row["step"])] = float(value)
   return {tag: sorted(points.items()) for tag, points in series.items()}
 
 
 def mean_over_layers(series: dict, kind: str) -> list[tuple[int, float]]:
-  """[(step, mean over layers of train/<kind>/<layer>), ...] at the steps every layer logged."""
-  tags = [t for t in series if t.startswith(f"train/{kind}/")]
+  """[(step, mean over layers of train_mean/<kind>/<layer>), ...] at steps every layer logged."""
+  tags = [t for t in series if t.startswith(f"train_mean/{kind}/")]
   if not tags:
     return []
   by_step = [dict(series[t]) for t in tags]
@@ -169,23 +159,23 @@ def final_scales(workdir: pathlib.Path) -> dict:
   """Scale statistics of the run's final checkpoint: per-layer means, min and sign of alpha.
 
   Restores the train state into shapes from `jax.eval_shape` (nothing is compiled) and selects
-  the scales by type, as train.scale_metrics does for the logged values.
+  the scales by type, as layers.mean_scales does for the logged values.
   """
   import jax
   import numpy as np
   from flax import nnx
 
-  from bnn_jax import checkpointing, layers, optim, train
+  from bnn_jax import checkpointing, layers, optim, run
 
-  config, spec = train.load_run(workdir)
+  config, spec = run.load_run(workdir)
   tx, _ = optim.make(config, steps_per_epoch=1)
-  mesh = train.make_mesh()
-  abstract = jax.eval_shape(lambda: train.init_state(config, spec, tx, mesh)[1])
+  mesh = run.make_mesh()
+  abstract = jax.eval_shape(lambda: run.init_state(config, spec, tx, mesh)[1])
   manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
   state, manager = checkpointing.restore_latest(manager, abstract, workdir, config.keep_checkpoints)
   manager.close()
   params = state["params"]
-  out = {k: float(v) for k, v in train.scale_metrics(params).items()}
+  out = {k: float(v) for k, v in layers.mean_scales(params).items()}
   is_variable = lambda x: isinstance(x, nnx.Variable)
   alphas = [
     np.ravel(np.asarray(v[...]))
@@ -210,7 +200,7 @@ def _checkpoint_step(workdir: pathlib.Path) -> int:
 
 def run_one(config, workdir: pathlib.Path, variant: str) -> dict:
   """Trains one run (or resumes it, or skips it when finished); returns its result record."""
-  from bnn_jax import train
+  from bnn_jax import run, train
 
   flat = _flat(config.to_dict())
   result_file = workdir / RESULT_FILE
@@ -220,7 +210,7 @@ def run_one(config, workdir: pathlib.Path, variant: str) -> dict:
     differ = sorted(
       k
       for k in set(flat) | set(saved)
-      if k not in train.RUN_CONTROL_KEYS and flat.get(k) != saved.get(k)
+      if k not in run.RUN_CONTROL_KEYS and flat.get(k) != saved.get(k)
     )
     if differ:
       raise InputError(

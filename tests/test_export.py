@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bnn_jax import export, inference, input_pipeline, summary, train
+from bnn_jax import run, train
+from bnn_jax.data import in_memory
+from bnn_jax.deploy import export, inference, summary
+from bnn_jax.deploy.program import ALIGN, PREAMBLE, from_bytes, to_bytes
 from bnn_jax.errors import InputError
-from bnn_jax.program import ALIGN, PREAMBLE, from_bytes, to_bytes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,14 +40,14 @@ def trained(tmp_path_factory):
 
   workdir = tmp_path_factory.mktemp("workdir")
   result = train.train_and_evaluate(test.get_config(), workdir)
-  config, spec, model = train.restore_model(workdir)
+  config, spec, model = run.restore_model(workdir)
   return workdir, config, result, model, export.program_of_model(config, spec, model, workdir)
 
 
 def test_export_command_prints_the_summary_and_writes_the_file(trained, tmp_path):
   workdir = trained[0]
   output = tmp_path / "model.bnn"
-  done = run_module("bnn_jax.export", f"--workdir={workdir}", f"--output={output}")
+  done = run_module("bnn_jax.deploy.export", f"--workdir={workdir}", f"--output={output}")
   assert done.returncode == 0, done.stderr[-3000:]
   program = inference.load(output)
   s = summary.summarize(program)
@@ -62,7 +64,7 @@ def test_exported_engine_reproduces_the_training_evaluation(trained):
   """Trained weights: the engine's top-1 equals train.evaluate's on the (fake) test set."""
   _, config, result, model, program = trained
   assert program.metadata["model"] == "vgg_small" and program.metadata["dataset"] == "fake"
-  ds = input_pipeline.load(config.data)
+  ds = in_memory.load(config.data)
   engine = inference.Engine(program)
   logits = np.asarray(engine.logits(ds.test_images))
   correct = int(np.sum(logits.argmax(-1) == ds.test_labels))
@@ -155,10 +157,10 @@ def test_infer_classifies_npz_and_image_files(trained, tmp_path, model_bytes):
   config = trained[1]
   model = tmp_path / "m.bnn"
   model.write_bytes(model_bytes)
-  ds = input_pipeline.load(config.data)
+  ds = in_memory.load(config.data)
   np.savez(tmp_path / "test.npz", images=ds.test_images[:10], labels=ds.test_labels[:10])
   Image.fromarray(ds.test_images[0]).save(tmp_path / "first.png")
-  done = run_module("bnn_jax.infer", model, tmp_path / "test.npz", tmp_path / "first.png")
+  done = run_module("bnn_jax.deploy.infer", model, tmp_path / "test.npz", tmp_path / "first.png")
   assert done.returncode == 0, done.stderr[-3000:]
   lines = done.stdout.splitlines()
   expected = np.asarray(inference.Engine(inference.load(model)).logits(ds.test_images[:10]))
@@ -173,6 +175,6 @@ def test_infer_refuses_images_of_another_size(tmp_path, model_bytes):
   model = tmp_path / "m.bnn"
   model.write_bytes(model_bytes)
   Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(tmp_path / "odd.png")
-  done = run_module("bnn_jax.infer", model, tmp_path / "odd.png")
+  done = run_module("bnn_jax.deploy.infer", model, tmp_path / "odd.png")
   assert done.returncode == 2
   assert "odd.png has shape (9, 8, 3); this model takes (8, 8, 3)" in done.stderr

@@ -9,8 +9,12 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bnn_jax import config_checks, imagenet_input, train
+from bnn_jax import config_checks, run, train
+from bnn_jax.data import imagenet
 from bnn_jax.errors import InputError
+
+TFDS_EXTRA = 'the ImageNet pipeline needs the tfds extra: pip install -e ".[tfds]"'
+pytest.importorskip("tensorflow", reason=TFDS_EXTRA)
 
 # ResNet-18 compiles for about 30 s of CPU time even when shrunk: marked slow.
 IMAGENET_CONFIGS = [
@@ -22,7 +26,7 @@ IMAGENET_CONFIGS = [
 
 
 def _tf():
-  return imagenet_input._tf()
+  return imagenet._tf()
 
 
 def shrink(config, image_size=32):
@@ -55,7 +59,7 @@ def _jpeg(image: np.ndarray) -> bytes:
 def test_eval_shares_cover_every_example_exactly_once():
   for n in (0, 1, 7, 50_000):
     for processes in (1, 2, 3, 8):
-      shares = imagenet_input.eval_shares(n, processes)
+      shares = imagenet.eval_shares(n, processes)
       covered = np.concatenate([np.arange(a, b) for a, b in shares])
       np.testing.assert_array_equal(covered, np.arange(n))
 
@@ -64,7 +68,7 @@ def test_eval_crop_is_the_center_of_the_image_resized_to_the_shorter_side():
   # A 40x80 gradient: red encodes the column, green the row.
   rows, cols = np.meshgrid(np.arange(40), np.arange(80), indexing="ij")
   image = np.stack([cols * 255 / 79, rows * 255 / 39, np.zeros_like(rows)], -1)
-  out = imagenet_input.decode_eval(_jpeg(image.astype(np.uint8)), 32, 36).numpy()
+  out = imagenet.decode_eval(_jpeg(image.astype(np.uint8)), 32, 36).numpy()
   assert out.shape == (32, 32, 3) and out.dtype == np.uint8
   # Resized to 36x72 (scale 0.9), crop rows 2..33 and columns 20..51.
   to_source = lambda i: (i + 0.5) / 0.9 - 0.5
@@ -76,7 +80,7 @@ def test_train_crops_are_random_per_seed_and_reproducible():
   tf = _tf()
   rng = np.random.default_rng(0)
   jpeg = _jpeg(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
-  crop = lambda s: imagenet_input.decode_train(jpeg, tf.constant([7, s], tf.int64), 32).numpy()
+  crop = lambda s: imagenet.decode_train(jpeg, tf.constant([7, s], tf.int64), 32).numpy()
   first = crop(1)
   assert first.shape == (32, 32, 3) and first.dtype == np.uint8
   np.testing.assert_array_equal(first, crop(1))
@@ -86,7 +90,7 @@ def test_train_crops_are_random_per_seed_and_reproducible():
 def _source():
   config = shrink(get_config("resnet18_imagenet"))
   config.data.name = "imagenet_synthetic"
-  return imagenet_input.load(config.data)
+  return imagenet.load(config.data)
 
 
 def _local_batches(source, first_step, rows, steps, global_batch=8):
@@ -134,12 +138,12 @@ def test_eval_batches_see_every_example_once_across_processes(processes, local_b
 
 
 def test_global_batches_assemble_the_local_rows():
-  mesh = train.make_mesh()
+  mesh = run.make_mesh()
   sharding = NamedSharding(mesh, P("data"))
-  rows = imagenet_input.process_rows(sharding, 8)
+  rows = imagenet.process_rows(sharding, 8)
   assert rows == (0, 8)  # a single process holds every row
   source = _source()
-  batch = next(imagenet_input.train_batches(source, sharding, 8, first_step=0, seed=3))
+  batch = next(imagenet.train_batches(source, sharding, 8, first_step=0, seed=3))
   assert isinstance(batch["images"], jax.Array) and batch["images"].shape == (8, 32, 32, 3)
   assert batch["images"].sharding == sharding
   np.testing.assert_array_equal(
@@ -165,13 +169,13 @@ def test_unprepared_imagenet_fails_with_one_clear_sentence(tmp_path):
   config.data.tfds_data_dir = str(tmp_path / "tfds")
   config.data.manual_dir = str(tmp_path / "empty")
   with pytest.raises(InputError, match="could not prepare imagenet2012.*manual_dir"):
-    imagenet_input.load(config.data)
+    imagenet.load(config.data)
 
 
 @pytest.mark.parametrize("name", IMAGENET_CONFIGS)
 def test_one_step_of_each_imagenet_config_through_mock_tfds(tmp_path, name):
   """The real tfds imagenet2012 code path (builder, splits, JPEG bytes) drives a step."""
-  import tensorflow_datasets as tfds
+  tfds = pytest.importorskip("tensorflow_datasets")
 
   config = shrink(get_config(name), image_size=64 if name.startswith("alexnet") else 32)
   assert config.data.name == "imagenet2012"
@@ -179,7 +183,7 @@ def test_one_step_of_each_imagenet_config_through_mock_tfds(tmp_path, name):
   with tfds.testing.mock_data(num_examples=6):
     result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["count"] == 6  # 6 validation images in 2 batches of 4: padding masked
-  logged = train.MetricsLog(pathlib.Path(tmp_path / "run")).read()
+  logged = run.MetricsLog(pathlib.Path(tmp_path / "run")).read()
   losses = [r["train/loss"] for r in logged if "train/loss" in r]
   assert len(losses) == 1 and np.isfinite(losses[0])
   assert (tmp_path / "run" / "checkpoints" / "1").is_dir()

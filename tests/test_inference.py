@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bnn_jax import inference, layers, lowering, models
+from bnn_jax import layers, models, run
+from bnn_jax.deploy import inference, lowering
 from bnn_jax.errors import InputError
 from tests.conftest import require_fashion_mnist
 
@@ -333,7 +334,7 @@ def test_pooling_after_a_negative_batch_norm_and_binary_dense_with_bias(
 
 def test_engine_imports_no_training_code():
   code = (
-    "import sys, bnn_jax.inference, bnn_jax.infer; "
+    "import sys, bnn_jax.deploy.inference, bnn_jax.deploy.infer; "
     "print(sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'optax', 'orbax') "
     "or m in ('bnn_jax.train', 'bnn_jax.optim', 'bnn_jax.layers', 'bnn_jax.models')))"
   )
@@ -363,7 +364,8 @@ def test_trained_fashion_mnist_engine_matches_the_training_evaluation(tmp_path):
   """Trains VGG-Small (width 1/4) briefly; the engine's top-1 on the 10,000 test images equals
   train.evaluate's, and every bit of every binary layer's input equals the training graph's."""
   require_fashion_mnist()
-  from bnn_jax import export, train
+  from bnn_jax import train
+  from bnn_jax.deploy import export
   from configs import fashion_mnist
 
   config = fashion_mnist.get_config()
@@ -374,10 +376,10 @@ def test_trained_fashion_mnist_engine_matches_the_training_evaluation(tmp_path):
   result = train.train_and_evaluate(config, tmp_path)
   assert result["count"] == 10_000
   program = export.program_of_workdir(tmp_path)
-  _, spec, model = train.restore_model(tmp_path)
-  from bnn_jax import input_pipeline
+  _, spec, model = run.restore_model(tmp_path)
+  from bnn_jax.data import in_memory
 
-  ds = input_pipeline.load(config.data)
+  ds = in_memory.load(config.data)
   engine = inference.Engine(program)
   correct, compared = 0, 0
   for start in range(0, 10_000, 1000):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnn_jax import input_pipeline, train
+from bnn_jax import run, train
+from bnn_jax.data import in_memory
 from bnn_jax.errors import InputError
 
 
@@ -37,7 +38,7 @@ def _write_mnist_folder(folder, n_train=12, n_test=5, compress=True):
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_folder_round_trip(tmp_path, compress):
   files = _write_mnist_folder(tmp_path, compress=compress)
-  ds = input_pipeline.load_idx_folder(str(tmp_path))
+  ds = in_memory.load_idx_folder(str(tmp_path))
   np.testing.assert_array_equal(ds.train_images[..., 0], files["train-images-idx3-ubyte"])
   np.testing.assert_array_equal(ds.test_labels, files["t10k-labels-idx1-ubyte"])
   assert ds.image_shape == (28, 28, 1)
@@ -48,7 +49,7 @@ def test_truncated_idx_file_names_the_file(tmp_path):
   path = tmp_path / "train-images-idx3-ubyte"
   path.write_bytes(path.read_bytes()[:-100])
   with pytest.raises(InputError, match="train-images-idx3-ubyte is truncated or corrupt"):
-    input_pipeline.load_idx_folder(str(tmp_path))
+    in_memory.load_idx_folder(str(tmp_path))
 
 
 def test_corrupt_gzip_and_bad_magic_are_reported(tmp_path):
@@ -56,17 +57,17 @@ def test_corrupt_gzip_and_bad_magic_are_reported(tmp_path):
   gz = tmp_path / "t10k-labels-idx1-ubyte.gz"
   gz.write_bytes(gz.read_bytes()[:20])
   with pytest.raises(InputError, match="t10k-labels-idx1-ubyte.gz is truncated or corrupt"):
-    input_pipeline.load_idx_folder(str(tmp_path))
+    in_memory.load_idx_folder(str(tmp_path))
   gz.write_bytes(gzip.compress(b"PK\x03\x04 not an idx file"))
   with pytest.raises(InputError, match="is not an IDX file"):
-    input_pipeline.load_idx_folder(str(tmp_path))
+    in_memory.load_idx_folder(str(tmp_path))
 
 
 def test_missing_folder_and_missing_file(tmp_path):
   with pytest.raises(InputError, match="is not a folder; give the folder of the IDX files"):
-    input_pipeline.load_idx_folder(str(tmp_path / "nowhere"))
+    in_memory.load_idx_folder(str(tmp_path / "nowhere"))
   with pytest.raises(InputError, match="has no train-images-idx3-ubyte"):
-    input_pipeline.load_idx_folder(str(tmp_path))
+    in_memory.load_idx_folder(str(tmp_path))
 
 
 def test_npz_folder_and_its_errors(tmp_path):
@@ -77,63 +78,61 @@ def test_npz_folder_and_its_errors(tmp_path):
       images=rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
       labels=rng.integers(0, 10, n),
     )
-  ds = input_pipeline.load_npz_folder(str(tmp_path))
+  ds = in_memory.load_npz_folder(str(tmp_path))
   assert ds.image_shape == (32, 32, 3) and len(ds.train_labels) == 10
   (tmp_path / "test.npz").write_bytes((tmp_path / "test.npz").read_bytes()[:50])
   with pytest.raises(InputError, match="test.npz is truncated or corrupt"):
-    input_pipeline.load_npz_folder(str(tmp_path))
+    in_memory.load_npz_folder(str(tmp_path))
   np.savez(tmp_path / "test.npz", pixels=np.zeros((2, 4, 4), np.uint8))
   with pytest.raises(InputError, match="must hold arrays 'images' and 'labels'"):
-    input_pipeline.load_npz_folder(str(tmp_path))
+    in_memory.load_npz_folder(str(tmp_path))
 
 
 def test_fake_data_is_deterministic_and_subset_applies(test_config):
-  a = input_pipeline.load(test_config.data)
-  b = input_pipeline.load(test_config.data)
+  a = in_memory.load(test_config.data)
+  b = in_memory.load(test_config.data)
   np.testing.assert_array_equal(a.train_images, b.train_images)
   assert a.image_shape == (8, 8, 3) and a.num_classes == 4
   test_config.data.train_subset = 10
-  assert len(input_pipeline.load(test_config.data).train_labels) == 10
+  assert len(in_memory.load(test_config.data).train_labels) == 10
 
 
 def test_unknown_dataset_name(test_config):
   test_config.data.name = "imagenet9000"
   with pytest.raises(InputError, match="unknown data.name 'imagenet9000'; allowed: cifar10"):
-    input_pipeline.load(test_config.data)
+    in_memory.load(test_config.data)
 
 
 def test_train_batches_cover_each_epoch_once_and_reshuffle():
   key = jax.random.key(0)
-  epoch0 = np.concatenate([input_pipeline.train_batch_indices(s, 20, 4, key) for s in range(5)])
-  epoch1 = np.concatenate([input_pipeline.train_batch_indices(s, 20, 4, key) for s in range(5, 10)])
+  epoch0 = np.concatenate([in_memory.train_batch_indices(s, 20, 4, key) for s in range(5)])
+  epoch1 = np.concatenate([in_memory.train_batch_indices(s, 20, 4, key) for s in range(5, 10)])
   assert sorted(epoch0) == list(range(20)) and sorted(epoch1) == list(range(20))
   assert list(epoch0) != list(epoch1)
 
 
 def test_augment_crops_are_shifted_windows_and_flips_mirror():
   images = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.uint8).reshape(2, 6, 6, 1)
-  out = np.asarray(input_pipeline.augment(images, jax.random.key(3), "crop_flip", padding=2))
+  out = np.asarray(in_memory.augment(images, jax.random.key(3), "crop_flip", padding=2))
   assert out.shape == images.shape
   padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
   for i in range(2):
     windows = [padded[i, a : a + 6, b : b + 6] for a in range(5) for b in range(5)]
     windows += [w[:, ::-1] for w in windows]
     assert any(np.array_equal(out[i], w) for w in windows)
-  flipped = np.asarray(input_pipeline.augment(images, jax.random.key(0), "flip"))
+  flipped = np.asarray(in_memory.augment(images, jax.random.key(0), "flip"))
   for i in range(2):
     assert np.array_equal(flipped[i], images[i]) or np.array_equal(flipped[i], images[i, :, ::-1])
 
 
 def test_pad_for_eval_masks_the_padding():
-  images, labels, mask = input_pipeline.pad_for_eval(
-    np.ones((7, 2, 2, 1), np.uint8), np.arange(7), 4
-  )
+  images, labels, mask = in_memory.pad_for_eval(np.ones((7, 2, 2, 1), np.uint8), np.arange(7), 4)
   assert images.shape[0] == 8 and mask.tolist() == [1] * 7 + [0]
 
 
 def test_cifar10_through_tfds_mock_data_trains_a_step(tmp_path):
   """The real tfds `cifar10` code path (tfds.load, splits, decoding) drives a VGG-Small step."""
-  import tensorflow_datasets as tfds
+  tfds = pytest.importorskip("tensorflow_datasets", reason='needs pip install -e ".[tfds]"')
 
   from configs import vgg_small
 
@@ -146,5 +145,5 @@ def test_cifar10_through_tfds_mock_data_trains_a_step(tmp_path):
   with tfds.testing.mock_data(num_examples=16):
     result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["count"] == 16
-  logged = train.MetricsLog(tmp_path / "run").read()
+  logged = run.MetricsLog(tmp_path / "run").read()
   assert [r["step"] for r in logged if "train/loss" in r] == [1, 2]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bnn_jax import config_checks, input_pipeline, models, optim, train
+from bnn_jax import config_checks, models, optim, run, train
+from bnn_jax.data import DataSpec, in_memory
 from bnn_jax.errors import InputError
 
 _COMPILED = {}  # tests share compiled updates: (config as JSON) -> (state, jitted update)
@@ -17,18 +18,18 @@ def _state(config, spec):
   key = config.to_json()
   if key not in _COMPILED:
     tx, schedule = optim.make(config, steps_per_epoch=4)
-    graphdef, state = train.init_state(config, spec, tx, train.make_mesh())
-    _COMPILED[key] = (state, jax.jit(train.make_update(graphdef, tx, schedule, config)))
+    graphdef, state = run.init_state(config, spec, tx, run.make_mesh())
+    _COMPILED[key] = (state, jax.jit(train.make_update(graphdef, tx, schedule, config, spec)))
   state, update = _COMPILED[key]
   return _copy(state), update
 
 
 def _batch(config, n, seed=0):
-  ds = input_pipeline.load_fake(config.data)
-  spec = train.DataSpec.of(ds)
+  ds = in_memory.load_fake(config.data)
+  spec = DataSpec(ds.num_classes, ds.image_shape, tuple(ds.mean), tuple(ds.std))
   rng = np.random.default_rng(seed)
   idx = rng.choice(len(ds.train_labels), n, replace=False)
-  images = input_pipeline.normalize(ds.train_images[idx], spec.mean, spec.std)
+  images = jnp.asarray(ds.train_images[idx])  # uint8: the update normalizes
   return spec, images, jnp.asarray(ds.train_labels[idx])
 
 
@@ -182,5 +183,5 @@ def test_training_with_accumulation_end_to_end(tmp_path, test_config):
   test_config.max_steps = 4
   result = train.train_and_evaluate(test_config, str(tmp_path))
   assert result["count"] == test_config.data.fake_test_size
-  losses = [r["train/loss"] for r in train.MetricsLog(tmp_path).read() if "train/loss" in r]
+  losses = [r["train/loss"] for r in run.MetricsLog(tmp_path).read() if "train/loss" in r]
   assert len(losses) == 4 and np.all(np.isfinite(losses))

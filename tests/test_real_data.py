@@ -2,7 +2,7 @@
 
 import pytest
 
-from bnn_jax import train
+from bnn_jax import run, train
 from tests.conftest import require_fashion_mnist
 
 # Bounded run: 1 epoch over the first 20,000 training images (156 steps of 128), evaluated on
@@ -27,6 +27,6 @@ def test_binary_fashion_mnist_learns(tmp_path):
   print(f"binary Fashion-MNIST, 1 epoch on {TRAIN_SUBSET} images: {result['accuracy']:.4f}")
   assert result["accuracy"] >= ACCURACY_FLOOR
   # The binary layers really are binary and their scales were logged.
-  logged = train.MetricsLog(tmp_path).read()
+  logged = run.MetricsLog(tmp_path).read()
   assert any("train_mean/alpha/conv1" in r for r in logged)
   assert any("train_mean/beta/act1" in r for r in logged)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bnn_jax import lowering, models, summary
-from bnn_jax.program import ALIGN, PREAMBLE, to_bytes
+from bnn_jax import models
+from bnn_jax.deploy import lowering, summary
+from bnn_jax.deploy.program import ALIGN, PREAMBLE, to_bytes
 
 MIB = 2**20
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ def test_file_is_the_deployed_size_plus_a_header(test_config):
 
 def test_summary_command_prints_the_table_for_a_config():
   done = subprocess.run(
-    [sys.executable, "-m", "bnn_jax.summary", "--config=configs/test.py"],
+    [sys.executable, "-m", "bnn_jax.deploy.summary", "--config=configs/test.py"],
     cwd=ROOT,
     capture_output=True,
     text=True,

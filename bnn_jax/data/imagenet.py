@@ -34,18 +34,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from bnn_jax.data import DataSpec, summarize
 from bnn_jax.errors import InputError
 
-DATASETS = ("imagenet2012", "imagenet_synthetic")
 # Per-channel statistics of ImageNet's training set, RGB in [0, 1].
 MEAN_RGB = (0.485, 0.456, 0.406)
 STD_RGB = (0.229, 0.224, 0.225)
 TRAIN_SPLIT, EVAL_SPLIT = "train", "validation"
-
-
-def is_host_fed(name: str) -> bool:
-  """Whether data.name is a source of this module (rather than of input_pipeline)."""
-  return name in DATASETS
 
 
 def _tf():
@@ -324,7 +319,9 @@ def load(data: ml_collections.ConfigDict) -> Source:
     return _load_tfds(data)
   if data.name == "imagenet_synthetic":
     return _load_synthetic(data)
-  raise InputError(f"unknown host-fed data.name {data.name!r}; allowed: {', '.join(DATASETS)}")
+  raise InputError(
+    f"unknown host-fed data.name {data.name!r}; allowed: imagenet2012, imagenet_synthetic"
+  )
 
 
 # ----------------------------------------------------------------------------- global batches
@@ -375,3 +372,32 @@ def eval_batches(source: Source, sharding, global_batch: int):
   start, stop = process_rows(sharding, global_batch)
   ds, num_batches = source.eval_dataset(stop - start, jax.process_count(), jax.process_index())
   return global_batches(ds, sharding, global_batch, source.data.prefetch_batches), num_batches
+
+
+# ----------------------------------------------------------------------------- the feed
+
+
+class HostFedFeed:
+  """Batches decoded on this process's CPU threads and assembled into global arrays."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.config, self.source = config, load(config.data)
+    self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    self.num_train = self.source.num_train
+    s = self.source
+    self.spec = DataSpec(s.num_classes, s.image_shape, tuple(s.mean), tuple(s.std))
+
+  def train_step(self, update, first_step: int):
+    c = self.config
+    batches = train_batches(self.source, self.sharding, c.batch_size, first_step, c.seed)
+    step = jax.jit(lambda state, b: update(state, b["images"], b["labels"]), donate_argnums=0)
+    return lambda state: step(state, next(batches))
+
+  def evaluator(self, eval_sums):
+    step = jax.jit(lambda state, b: eval_sums(state, b["images"], b["labels"], b["mask"]))
+
+    def evaluate(state):
+      batches, _ = eval_batches(self.source, self.sharding, self.config.eval_batch_size)
+      return summarize(step(state, b) for b in batches)
+
+    return evaluate

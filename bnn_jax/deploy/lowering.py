@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from bnn_jax import layers, models
-from bnn_jax.program import Op, Program
+from bnn_jax.deploy.program import Op, Program
 
 
 @dataclasses.dataclass

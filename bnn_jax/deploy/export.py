@@ -1,11 +1,11 @@
 """Exports a trained workdir to one packed model file and prints its summary.
 
-  python -m bnn_jax.export --workdir=DIR --output=FILE
+  python -m bnn_jax.deploy.export --workdir=DIR --output=FILE
 
 Binary weights are stored one bit each, alpha, beta and BatchNorm are folded into integer
-thresholds or per-channel affine terms (`bnn_jax.lowering`), full-precision layers are kept in
-float32. The file format is described in `bnn_jax.program`; `python -m bnn_jax.infer FILE ...`
-runs it.
+thresholds or per-channel affine terms (`bnn_jax.deploy.lowering`), full-precision layers are kept
+in float32. The file format is described in `bnn_jax.deploy.program`;
+`python -m bnn_jax.deploy.infer FILE ...` runs it.
 """
 
 import pathlib
@@ -13,49 +13,22 @@ import sys
 
 from absl import app, flags, logging
 
-from bnn_jax import lowering, summary
+from bnn_jax.deploy import lowering, summary
+from bnn_jax.deploy.program import Program, save
 from bnn_jax.errors import InputError
-from bnn_jax.program import Program, save
 
-CLASS_NAMES = {
-  "fashion_mnist": (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-  ),
-  "cifar10": (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-  ),
-  "mnist": tuple(str(d) for d in range(10)),
-}
 # The training graph in bfloat16 rounds differently from the engine's float32 layers.
 EXACT_DTYPES = ("float32",)
 
 
 def program_of_workdir(workdir) -> Program:
-  """The Program of a workdir's newest readable checkpoint (see train.restore_model)."""
-  from bnn_jax import train  # training code is needed to read the checkpoint only
+  """The Program of a workdir's newest readable checkpoint (see run.restore_model)."""
+  from bnn_jax import run  # flax, orbax: needed to read the checkpoint only
 
   workdir = pathlib.Path(workdir)
   if not (workdir / "config.json").exists():
     raise InputError(f"--workdir {str(workdir)!r} holds no config.json: not a bnn_jax workdir")
-  config, spec, model = train.restore_model(workdir)
+  config, spec, model = run.restore_model(workdir)
   return program_of_model(config, spec, model, workdir)
 
 
@@ -68,7 +41,7 @@ def program_of_model(config, spec, model, workdir=None) -> Program:
     "dataset": config.data.name,
     "workdir": str(pathlib.Path(workdir).absolute()) if workdir else "",
     "compute_dtype": compute_dtype,
-    "class_names": list(CLASS_NAMES.get(config.data.name, ())),
+    "class_names": list(spec.class_names or _registry_class_names(config.data.name)),
   }
   if compute_dtype not in EXACT_DTYPES:
     logging.warning(
@@ -77,6 +50,13 @@ def program_of_model(config, spec, model, workdir=None) -> Program:
       compute_dtype,
     )
   return lowering.lower(model, spec.image_shape, spec.mean, spec.std, metadata)
+
+
+def _registry_class_names(name: str) -> tuple[str, ...]:
+  """Class names of a dataset from the registry (runs saved before data_spec held them)."""
+  from bnn_jax.data import DATASETS
+
+  return DATASETS[name].class_names if name in DATASETS else ()
 
 
 def export(program: Program, output) -> int:

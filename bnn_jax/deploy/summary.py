@@ -1,10 +1,10 @@
 """Size and compute accounting of a deployed binary network, per layer and in total.
 
 Every figure comes from the exported Program itself, so the deployed size is, byte for byte, the
-payload of the file `bnn_jax.export` writes (the file adds only its header).
+payload of the file `bnn_jax.deploy.export` writes (the file adds only its header).
 
   summary.of_model(model, image_shape).table()   # or summary.summarize(program)
-  python -m bnn_jax.summary --config=configs/vgg_small.py   # any config, untrained weights
+  python -m bnn_jax.deploy.summary --config=configs/vgg_small.py   # any config, untrained weights
 """
 
 import dataclasses
@@ -14,9 +14,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bnn_jax import lowering
+from bnn_jax.deploy import lowering
+from bnn_jax.deploy.program import Op, Program, to_bytes
 from bnn_jax.errors import InputError
-from bnn_jax.program import Op, Program, to_bytes
 
 MIB = 2**20
 _INPUT_BITS = {"float": "32f", "bits": "1", "counts": "32i"}
@@ -204,15 +204,24 @@ def of_model(model, image_shape) -> Summary:
   return summarize(lowering.lower(model, tuple(image_shape)))
 
 
-# The input of each dataset: sizes do not depend on the weights, so no data is read.
-DATA_SHAPES = {
-  "cifar10": ((32, 32, 3), 10),
-  "fashion_mnist": ((28, 28, 1), 10),
-  "mnist": ((28, 28, 1), 10),
-  "imagenet2012": ((224, 224, 3), 1000),
-  "imagenet_synthetic": ((224, 224, 3), 1000),
-  "fake": (None, None),  # config.data.fake_image_shape and fake_num_classes
-}
+def input_of(config) -> tuple[tuple[int, int, int], int]:
+  """(image shape, number of classes) of config's data, from the registry; no data is read."""
+  from bnn_jax.data import DATASETS
+
+  name = config.data.name
+  if name == "fake":
+    return tuple(config.data.fake_image_shape), config.data.fake_num_classes
+  info = DATASETS.get(name)
+  if info is None or info.image_shape is None:
+    known = [k for k, v in DATASETS.items() if v.image_shape is not None]
+    raise InputError(
+      f"data.name {name!r} has no known input shape; allowed: fake, {', '.join(known)} "
+      f"(or export a trained workdir with bnn_jax.deploy.export)"
+    )
+  if info.host_fed:
+    return (config.data.image_size, config.data.image_size, 3), info.num_classes
+  return info.image_shape, info.num_classes
+
 
 FLAGS = flags.FLAGS
 
@@ -231,16 +240,7 @@ def main(argv):
 
   config = FLAGS.config
   try:
-    if config.data.name not in DATA_SHAPES:
-      raise InputError(
-        f"data.name {config.data.name!r} has no known input shape; allowed: "
-        f"{', '.join(DATA_SHAPES)} (or export a trained workdir with bnn_jax.export)"
-      )
-    image_shape, num_classes = DATA_SHAPES[config.data.name]
-    if config.data.name == "fake":
-      image_shape, num_classes = tuple(config.data.fake_image_shape), config.data.fake_num_classes
-    if config.data.name.startswith("imagenet"):
-      image_shape = (config.data.image_size, config.data.image_size, 3)
+    image_shape, num_classes = input_of(config)
     model = models.create_model(config, num_classes, image_shape, nnx.Rngs(config.seed))
   except (InputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -26,7 +26,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from bnn_jax.data import DATASETS, DataSpec, summarize
 from bnn_jax.errors import InputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -231,7 +234,7 @@ def _dataset(arrays, source: str, num_classes: int | None = None) -> InMemoryDat
   return InMemoryDataset(xtr, ytr, xte, yte, num_classes)
 
 
-DATASETS = ("cifar10", "fashion_mnist", "mnist", "npz", "fake")
+BUNDLED_DIR = pathlib.Path(__file__).parent / "fashion_mnist_small"
 
 
 def load(data: ml_collections.ConfigDict) -> InMemoryDataset:
@@ -245,6 +248,8 @@ def load(data: ml_collections.ConfigDict) -> InMemoryDataset:
     if not data.path:
       raise InputError("data.name 'mnist' needs data.path, the folder of the MNIST IDX files")
     ds = load_idx_folder(data.path)
+  elif name == "fashion_mnist_small":
+    ds = load_npz_folder(str(BUNDLED_DIR))
   elif name == "npz":
     ds = load_npz_folder(data.path)
   elif name == "fake":
@@ -258,12 +263,6 @@ def load(data: ml_collections.ConfigDict) -> InMemoryDataset:
 
 
 # ----------------------------------------------------------------------------- on device
-
-
-def normalize(images: jax.Array, mean, std) -> jax.Array:
-  """uint8 [..., C] -> float32, per-channel standardized."""
-  x = images.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def augment(images: jax.Array, key: jax.Array, kind: str, padding: int = 4) -> jax.Array:
@@ -306,3 +305,69 @@ def pad_for_eval(images: np.ndarray, labels: np.ndarray, batch_size: int):
   images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
   labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
   return images, labels, mask
+
+
+# ----------------------------------------------------------------------------- the feed
+
+
+class InMemoryFeed:
+  """The whole dataset replicated on the devices; each step picks its batch from the step number.
+
+  Per-epoch shuffling, batch selection and augmentation run inside the jitted step, so nothing
+  is prefetched and a resumed run sees exactly the batches an uninterrupted one would have.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    ds = load(config.data)
+    self.config, self.mesh, self.ds = config, mesh, ds
+    self.num_train = len(ds.train_labels)
+    names = DATASETS.get(config.data.name)
+    self.spec = DataSpec(
+      ds.num_classes,
+      ds.image_shape,
+      tuple(map(float, ds.mean)),
+      tuple(map(float, ds.std)),
+      names.class_names if names and len(names.class_names) == ds.num_classes else (),
+    )
+
+  def _replicated(self, tree):
+    sharding = NamedSharding(self.mesh, P())
+    return jax.tree.map(
+      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), tree
+    )
+
+  def train_step(self, update, first_step: int):
+    del first_step  # the batch follows from state["step"]
+    config, num_train = self.config, self.num_train
+    data = self._replicated({"images": self.ds.train_images, "labels": self.ds.train_labels})
+    batch_sharding = NamedSharding(self.mesh, P("data"))
+    key = jax.random.key(config.seed)
+
+    def train_step(state, data):
+      shuffle_key, augment_key = jax.random.split(key)
+      idx = train_batch_indices(state["step"], num_train, config.batch_size, shuffle_key)
+      idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
+      images = augment(
+        data["images"][idx], jax.random.fold_in(augment_key, state["step"]), config.data.augment
+      )
+      return update(state, images, data["labels"][idx])
+
+    step = jax.jit(train_step, donate_argnums=0)
+    return lambda state: step(state, data)
+
+  def evaluator(self, eval_sums):
+    size = self.config.eval_batch_size
+    images, labels, mask = pad_for_eval(self.ds.test_images, self.ds.test_labels, size)
+    data = self._replicated({"images": images, "labels": labels, "mask": mask})
+    batch_sharding = NamedSharding(self.mesh, P("data"))
+
+    def eval_step(state, data, index):
+      def batch(a):
+        out = jax.lax.dynamic_slice_in_dim(a, index * size, size)
+        return jax.lax.with_sharding_constraint(out, batch_sharding)
+
+      return eval_sums(state, batch(data["images"]), batch(data["labels"]), batch(data["mask"]))
+
+    step = jax.jit(eval_step)
+    num_batches = len(mask) // size
+    return lambda state: summarize(step(state, data, i) for i in range(num_batches))

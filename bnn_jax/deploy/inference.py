@@ -1,4 +1,4 @@
-"""Runs an exported binary network (`bnn_jax.program`) on packed bits: jax and numpy only.
+"""Runs an exported binary network (`bnn_jax.deploy.program`) on packed bits: jax and numpy only.
 
 Binary activations are packed 32 channels to a uint32 word along the last axis (channel c is bit
 c % 32 of word c // 32). A binary conv is one unrolled sum over taps and words of
@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bnn_jax.deploy.program import Op, Program, check_program, load, save  # noqa: F401 (the API)
 from bnn_jax.errors import InputError
-from bnn_jax.program import Op, Program, check_program, load, save  # noqa: F401 (the API)
 
 WORD_BITS = 32
 
@@ -277,7 +277,7 @@ class Engine:
     self._normalize = jax.jit(lambda images: (images.astype(jnp.float32) / 255.0 - mean) / std)
 
   def normalize(self, images) -> jax.Array:
-    """uint8 [B, H, W(, C)] -> float32 normalized as in training (input_pipeline.normalize)."""
+    """uint8 [B, H, W(, C)] -> float32 normalized as in training (in_memory.normalize)."""
     images = jnp.asarray(images)
     if images.ndim == 3:
       images = images[..., None]

@@ -1,4 +1,4 @@
-"""Classifies images with an exported model: `python -m bnn_jax.infer FILE INPUT...`.
+"""Classifies images with an exported model: `python -m bnn_jax.deploy.infer FILE INPUT...`.
 
 INPUT is an image file (PNG, JPEG, ...: converted to the model's channels, never resized) or an
 .npz holding `images` uint8 [N, H, W(, C)] and optionally `labels` [N] (then the accuracy on the
@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 from absl import app, flags
 
-from bnn_jax import inference
+from bnn_jax.deploy import inference
 from bnn_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -93,7 +93,7 @@ WIDE_VECTORS = "--xla_cpu_prefer_vector_width=512"
 
 def main(argv):
   if len(argv) < 3:
-    raise app.UsageError("usage: python -m bnn_jax.infer FILE IMAGE_OR_NPZ [...]")
+    raise app.UsageError("usage: python -m bnn_jax.deploy.infer FILE IMAGE_OR_NPZ [...]")
   xla_flags = os.environ.get("XLA_FLAGS", "")
   if "xla_cpu_prefer_vector_width" not in xla_flags:  # read when jax first computes: now
     os.environ["XLA_FLAGS"] = f"{xla_flags} {WIDE_VECTORS}".strip()
