@@ -180,7 +180,7 @@ ALEXNET_HIDDEN = 4096
 
 
 class AlexNet(nnx.Module):
-  """AlexNet, XNOR-Net style with BatchNorm (PAPER.md): no LRN, no groups, no dropout.
+  """AlexNet, XNOR-Net style with BatchNorm (docs/method.md): no LRN, no groups, no dropout.
 
   Exact order (convs without bias; "pool" = 3x3 max-pool, stride 2, VALID):
     conv1 (11x11, stride 4, padding 2, full precision) -> pool -> bn1 -> act1 ->
@@ -253,7 +253,7 @@ _PAD1 = ((1, 1), (1, 1))
 
 
 class ResNetBlock(nnx.Module):
-  """Pre-activation basic block (PAPER.md: BN -> bin-act -> bconv, residual add); 3x3 convs.
+  """Pre-activation basic block (docs/method.md: BN -> bin-act -> bconv, residual add); 3x3 convs.
 
   shortcut="block" (one shortcut per two convs):
     h = conv1(act1(bn1(x)));  y = conv2(act2(bn2(h))) + skip(x)
@@ -316,7 +316,7 @@ RESNET18_STAGES = (64, 128, 256, 512)
 
 
 class ResNet18(nnx.Module):
-  """ResNet-18 (pre-activation basic blocks, PAPER.md), full-precision stem and final dense.
+  """ResNet-18 (pre-activation basic blocks, docs/method.md), full-precision stem and final dense.
 
   Exact order:
     stem_conv (7x7, stride 2, padding 3, full precision) -> stem_bn -> ReLU ->

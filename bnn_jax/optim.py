@@ -4,7 +4,7 @@ Order of the chain (each part only where the config enables it):
   1. clip the global gradient norm;
   2. coupled scale L2: add 2 * scale_l2 * alpha to the gradient of every weight scale alpha
      (layers.WeightScale; activation scales beta are not penalized), the
-     gradient of `scale_l2 * sum(alpha ** 2)` in the loss (PAPER.md);
+     gradient of `scale_l2 * sum(alpha ** 2)` in the loss (the paper's form, docs/method.md);
   3. weight decay (L2 in the gradient) on full-precision kernels only: not on latent binary
      weights, scales, biases or BatchNorm;
   4. Adam or SGD with momentum;

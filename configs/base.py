@@ -1,7 +1,7 @@
-"""The common base of every config: the paper's recipe (PAPER.md) with every switch named.
+"""The common base of every config: the paper's recipe (docs/method.md) with every switch named.
 
 Experiment configs start from `get_config()` here and change what differs. Every [R] choice of
-PAPER.md is a value below that can be overridden from the command line, e.g.
+docs/method.md is a value below that can be overridden from the command line, e.g.
 `--config.binary.weight_estimator=ste`.
 """
 

@@ -1,4 +1,4 @@
-"""Binary VGG-Small on CIFAR-10 with trained binarization: the default recipe (PAPER.md).
+"""Binary VGG-Small on CIFAR-10 with trained binarization: the default recipe (docs/method.md).
 
 Command:
   python -m bnn_jax.main --config=configs/vgg_small.py --workdir=/tmp/vgg_small

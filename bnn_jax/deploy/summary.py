@@ -51,7 +51,7 @@ class Row:
 @dataclasses.dataclass(frozen=True)
 class Summary:
   """Per-op rows and totals. Sizes in bytes; `weights_*` count conv and dense weights and biases
-  only (PAPER.md's accounting, BatchNorm and scales aside)."""
+  only (the paper's accounting, BatchNorm and scales aside)."""
 
   rows: tuple[Row, ...]
   weights_float32_bytes: int
@@ -129,7 +129,7 @@ class Summary:
       f"weights only       {self.weights_float32_bytes / MIB:.3f} MiB float32 -> "
       f"{self.weights_deployed_bytes / MIB:.3f} MiB "
       f"({self.weights_float32_bytes / max(1, self.weights_deployed_bytes):.1f}x; BatchNorm "
-      f"and scales aside, PAPER.md's accounting)",
+      f"and scales aside, the paper's accounting)",
       f"binary MACs        {self.binary_mac_share:.1%} of {self.binary_macs + self.float_macs:,}"
       f" per image",
     ]
