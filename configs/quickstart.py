@@ -1,6 +1,6 @@
 """First run: a narrow binary VGG-Small on the Fashion-MNIST subset that ships with bnn_jax.
 
-Command (no download, no network: the data are bnn_jax/data/fashion_mnist_small, 10,000
+Command (no download, no network: data.name "fashion_mnist_small" is bnn_jax/data/fashion_mnist_small, 10,000
 class-balanced training images and 2,000 test images from the official test set):
   python -m bnn_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart
 
@@ -27,24 +27,13 @@ now this file's values; training is deterministic on a given machine. Not tried:
 above 3e-3, width 1/8 with more epochs.
 """
 
-import importlib.util
-import pathlib
-
 from configs import base
-
-
-def bundled_data_dir() -> str:
-  """The folder of the bundled train.npz and test.npz, inside the installed bnn_jax package."""
-  spec = importlib.util.find_spec("bnn_jax")  # locates the package without importing it
-  package = pathlib.Path(spec.origin).parent
-  return str(package / "data" / "fashion_mnist_small")
 
 
 def get_config():
   c = base.get_config()
   c.model.width = 0.25  # channels 32, 32, 64, 64, 128, 128
-  c.data.name = "npz"
-  c.data.path = bundled_data_dir()
+  c.data.name = "fashion_mnist_small"  # bundled with the package: bnn_jax/data/
   c.data.augment = "flip"  # pad-4 crops hurt at this budget (see above)
   c.batch_size = 64  # no slower per image than 128 here, twice the updates
   c.eval_batch_size = 1000
