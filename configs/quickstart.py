@@ -1,7 +1,8 @@
 """First run: a narrow binary VGG-Small on the Fashion-MNIST subset that ships with bnn_jax.
 
-Command (no download, no network: data.name "fashion_mnist_small" is bnn_jax/data/fashion_mnist_small, 10,000
-class-balanced training images and 2,000 test images from the official test set):
+Command (no download, no network: data.name "fashion_mnist_small" is the folder
+bnn_jax/data/fashion_mnist_small, 10,000 class-balanced training images and 2,000 test images
+from the official test set):
   python -m bnn_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart
 
 The default recipe (the paper's binarizers, estimators and scales; L2 on alpha decoupled, see
