@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
@@ -38,7 +37,7 @@ from bnn_jax import (
   models,
   optim,
 )
-from bnn_jax.checkpointing import checkpoint_manager, restore_latest
+from bnn_jax.checkpointing import Checkpoints, checkpoint_manager, restore_latest
 from bnn_jax.errors import InputError
 
 # Config keys a resumed run may change; any other difference means another experiment.
@@ -377,10 +376,10 @@ def restore_model(workdir) -> tuple[ml_collections.ConfigDict, DataSpec, nnx.Mod
   )
   tx, _ = optim.make(config, steps_per_epoch=1)
   graphdef, state = init_state(config, spec, tx, mesh)
-  manager = checkpoint_manager(workdir, config.keep_checkpoints)
+  manager = checkpoint_manager(workdir, config.keep_checkpoints, read_only=True)
   if manager.latest_step() is None:
     raise InputError(f"workdir {workdir} has no checkpoint to restore")
-  state, manager = restore_latest(manager, state, workdir, config.keep_checkpoints)
+  state, manager = restore_latest(manager, state, workdir, config.keep_checkpoints, read_only=True)
   manager.close()
   return config, spec, nnx.merge(graphdef, state["params"], state["rest"])
 
@@ -457,8 +456,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   tx, schedule = optim.make(config, steps_per_epoch)
   graphdef, state = init_state(config, spec, tx, mesh)
-  manager = checkpoint_manager(workdir, config.keep_checkpoints)
-  state, manager = restore_latest(manager, state, workdir, config.keep_checkpoints)
+  manager = Checkpoints(workdir, config.keep_checkpoints)  # seals each finished save
+  state = manager.restore_latest(state)
   start = int(jax.device_get(state["step"]))
 
   update = make_update(graphdef, tx, schedule, config)
@@ -536,7 +535,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           result["count"],
         )
       if save_now:
-        manager.save(done, args=ocp.args.StandardSave(state))
+        manager.save(done, state)
         last_good = done
       if evaluate_now or save_now:  # keep eval and checkpoint time out of images/s
         window_start = time.time()
