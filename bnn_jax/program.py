@@ -45,6 +45,11 @@ File format, version 1 (little-endian):
                       output shape, attributes, and for each array its dtype, shape, offset in
                       the payload and nbytes)
   32 + H     P bytes  payload: the arrays, each at an 8-byte aligned offset
+
+A CRC only proves that the file is the one written. Loading also checks what the header claims
+(`check_program`): every array's dtype, shape, byte count and place in the payload, every op's
+inputs, attributes and arrays against what its kind needs, its output shape against the one its
+inputs and attributes give, and the engine's memory for one image, all before any allocation.
 """
 
 import dataclasses
