@@ -229,10 +229,12 @@ def restore_state(workdir) -> tuple[ml_collections.ConfigDict, DataSpec, object,
   mesh = make_mesh(jax.local_devices()[:1])
   tx, _ = optim.make(config, steps_per_epoch=1)
   graphdef, state = init_state(config, spec, tx, mesh)
-  manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
+  manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints, read_only=True)
   if manager.latest_step() is None:
     raise InputError(f"workdir {workdir} has no checkpoint to restore")
-  state, manager = checkpointing.restore_latest(manager, state, workdir, config.keep_checkpoints)
+  state, manager = checkpointing.restore_latest(
+    manager, state, workdir, config.keep_checkpoints, read_only=True
+  )
   manager.close()
   return config, spec, graphdef, state
 

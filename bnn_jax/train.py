@@ -16,12 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
 from bnn_jax import config_checks, layers, optim, run
-from bnn_jax.checkpointing import checkpoint_manager, restore_latest
+from bnn_jax.checkpointing import Checkpoints
 from bnn_jax.data import DataSpec, normalize, open_feed
 
 # ----------------------------------------------------------------------------- steps
@@ -235,8 +234,8 @@ def _train(config, workdir: pathlib.Path, feed, mesh) -> dict[str, float]:
   eval_every = max(1, optim.steps_from_epochs(config.eval_every_epochs, steps_per_epoch))
   tx, schedule = optim.make(config, steps_per_epoch)
   graphdef, state = run.init_state(config, feed.spec, tx, mesh)
-  manager = checkpoint_manager(workdir, config.keep_checkpoints)
-  state, manager = restore_latest(manager, state, workdir, config.keep_checkpoints)
+  manager = Checkpoints(workdir, config.keep_checkpoints)  # seals each finished save
+  state = manager.restore_latest(state)
   start = int(jax.device_get(state["step"]))
   last_good = start if start else None
 
@@ -270,7 +269,7 @@ def _train(config, workdir: pathlib.Path, feed, mesh) -> dict[str, float]:
             f"the parameters became NaN or infinite by step {done}; the run stopped and "
             f"{_kept(last_good)}"
           )
-        manager.save(done, args=ocp.args.StandardSave(state))
+        manager.save(done, state)
         last_good = done
       if evaluate_now or save_now:
         progress.pause()

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from bnn_jax import distributed
+from bnn_jax import checkpointing, distributed
 from bnn_jax.errors import InputError
 from launch import local_processes
 
@@ -78,9 +78,16 @@ def _losses(workdir: pathlib.Path) -> dict[int, float]:
 
 
 def _checkpoints(workdir: pathlib.Path) -> list[int]:
+  """Steps of the sealed checkpoints (a folder without its manifest is not resumed from)."""
   folder = workdir / "checkpoints"
   return (
-    sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+    sorted(
+      int(p.name)
+      for p in folder.iterdir()
+      if p.name.isdigit() and (p / checkpointing.MANIFEST).exists()
+    )
+    if folder.exists()
+    else []
   )
 
 
