@@ -210,7 +210,7 @@ def run_sharded(devices: int, cache, *args) -> None:
 
 def logged(workdir, key: str) -> dict[int, float]:
   """{step: value} of metric `key` in a workdir's metrics.jsonl."""
-  rows = train.MetricsLog(pathlib.Path(workdir)).read()
+  rows = run.MetricsLog(pathlib.Path(workdir)).read()
   return {r["step"]: r[key] for r in rows if key in r}
 
 
