@@ -253,6 +253,7 @@ def test_update_distills_from_the_teachers_eval_mode_logits(runs):
 def test_a_run_distills_from_a_teacher_workdir(runs, tmp_path):
   config = _test_config(**{"distill.teacher_workdir": str(runs / "teacher"), "max_steps": 2})
   config.optimizer.scale_l2 = 0.0
+  config.grad_accum_steps = 2  # the teacher also reaches the microbatch loop
   train.train_and_evaluate(config, tmp_path)
   rows = [r for r in run.MetricsLog(tmp_path).read() if "train_mean/kd" in r]
   assert [r["step"] for r in rows] == [2]
