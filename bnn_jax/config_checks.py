@@ -25,6 +25,7 @@ _RULES = {
   "model.binary": (bool, _ANY),
   "model.width": (float, _POSITIVE),
   "model.final_activation": (str, _choice("relu", "binary")),
+  "model.binary_weights": (bool, _ANY),
   "binary.weight_estimator": (str, _choice(*binary.ESTIMATORS)),
   "binary.weight_scale": (str, _choice(*layers.WEIGHT_SCALES)),
   "binary.weight_scale_per": (str, _choice(*layers.SCALE_GRANULARITIES)),
@@ -51,6 +52,12 @@ _RULES = {
   "optimizer.scale_l2_mode": (str, _choice(*optim.SCALE_L2_MODES)),
   "optimizer.clip_latent_weights": (bool, _ANY),
   "optimizer.grad_clip_norm": (float, _NON_NEGATIVE),
+  "optimizer.label_smoothing": (float, _FRACTION),
+  "optimizer.latent_weight_decay": (float, _NON_NEGATIVE),
+  "distill.teacher_workdir": (str, _ANY),
+  "distill.weight": (float, (lambda v: 0 <= v <= 1, "a number in [0, 1]")),
+  "distill.temperature": (float, _POSITIVE),
+  "init.from_workdir": (str, _ANY),
   "batch_size": (int, _POSITIVE),
   "eval_batch_size": (int, _POSITIVE),
   "num_epochs": (float, _POSITIVE),
@@ -168,7 +175,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
 def _check_model_options(config) -> None:
   options = models.model_options(config.model.name)
   for key in config.model:
-    if key not in ("name", "binary") and key not in options:
+    if key not in models.KIT_KEYS and key not in options:
       raise InputError(
         f"config.model.{key} is not an option of model {config.model.name!r}; its options are: "
         f"{', '.join(options)}"

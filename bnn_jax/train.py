@@ -23,50 +23,111 @@ from bnn_jax import config_checks, layers, optim, run
 from bnn_jax.checkpointing import Checkpoints
 from bnn_jax.data import DataSpec, normalize, open_feed
 
+# ----------------------------------------------------------------------------- losses
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+  """Per-example cross-entropy [B] of logits [B, K] against integer labels [B].
+
+  With smoothing e > 0 the targets are q = (1 - e) * onehot(label) + e / K (label smoothing):
+  -sum_k q_k log softmax(logits)_k.
+  """
+  if smoothing == 0:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  return optax.softmax_cross_entropy(logits, optax.smooth_labels(onehot, smoothing))
+
+
+def distillation_loss(
+  student_logits: jax.Array, teacher_logits: jax.Array, temperature: float
+) -> jax.Array:
+  """Per-example T^2 * KL(softmax(teacher / T) || softmax(student / T)) [B], logits [B, K].
+
+  KL(p || q) = sum_k p_k (log p_k - log q_k). T^2 keeps the gradient's size independent of T
+  (Hinton et al. 2015).
+  """
+  log_p = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+  log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+  return temperature**2 * jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def training_loss(logits, labels, teacher_logits, optimizer, distill) -> tuple[jax.Array, dict]:
+  """(the loss minimized, its parts {"ce", and "kd" with a teacher}), means over the batch.
+
+  Without a teacher (teacher_logits None): the cross-entropy against labels smoothed by
+  optimizer.label_smoothing. With one, w = distill.weight and T = distill.temperature:
+    loss = (1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+  "ce" is always against the hard labels (comparable between recipes).
+  """
+  smoothing = optimizer.get("label_smoothing", 0.0)
+  ce = cross_entropy(logits, labels).mean()
+  loss = ce if smoothing == 0 else cross_entropy(logits, labels, smoothing).mean()
+  if teacher_logits is None:
+    return loss, {"ce": ce}
+  kd = distillation_loss(logits, teacher_logits, distill.temperature).mean()
+  return (1 - distill.weight) * loss + distill.weight * kd, {"ce": ce, "kd": kd}
+
+
 # ----------------------------------------------------------------------------- steps
 
 
-def make_update(graphdef, tx, schedule, config, spec: DataSpec) -> Callable:
-  """update(state, images uint8 [B,H,W,C], labels int [B]) -> (state, metrics); pure.
+def make_update(graphdef, tx, schedule, config, spec: DataSpec, teacher_graphdef=None) -> Callable:
+  """update(state, images uint8 [B,H,W,C], labels int [B], teacher=None) -> (state, metrics).
 
-  With config.grad_accum_steps = k > 1 the batch runs as k microbatches one after the other
-  (example i in microbatch i % k, so no example changes device) and the update uses the mean
-  of their gradients: a large global batch on small hardware. BatchNorm normalizes each
+  Pure. With config.grad_accum_steps = k > 1 the batch runs as k microbatches one after the
+  other (example i in microbatch i % k, so no example changes device) and the update uses the
+  mean of their gradients: a large global batch on small hardware. BatchNorm normalizes each
   microbatch by its own statistics and updates its running averages k times.
+
+  Distillation: `teacher` is {"params", "rest"} of the model `teacher_graphdef` describes (an
+  argument of the jitted step, not donated). Its logits are computed here, in eval mode and
+  without gradient, on the same (augmented) images; the loss is training_loss's.
   """
   scale_l2 = config.optimizer.scale_l2
   accum = config.get("grad_accum_steps", 1)
 
-  def loss_fn(params, rest, images, labels):
+  def teacher_logits(teacher, x):
+    if teacher is None:
+      return None
+    model = nnx.merge(teacher_graphdef, teacher["params"], teacher["rest"])
+    return jax.lax.stop_gradient(model(x, train=False).astype(jnp.float32))
+
+  def loss_fn(params, rest, images, labels, teacher):
     # Fresh Variable objects at this trace level: BatchNorm mutates its statistics here.
     rest = jax.tree.map(lambda x: x, rest)
     model = nnx.merge(graphdef, params, rest)
-    logits = model(normalize(images, spec), train=True)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    x = normalize(images, spec)
+    logits = model(x, train=True)
+    loss, parts = training_loss(
+      logits, labels, teacher_logits(teacher, x), config.optimizer, config.get("distill")
+    )
     rest = nnx.split(model, nnx.Param, ...)[2]
-    return ce, (jnp.mean(jnp.argmax(logits, -1) == labels), rest)
+    return loss, (parts, jnp.mean(jnp.argmax(logits, -1) == labels), rest)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def accumulated_grad_fn(params, rest, images, labels):
+  def accumulated_grad_fn(params, rest, images, labels, teacher):
     def microbatches(x):  # [B, ...] -> [k, B/k, ...]
       return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
 
     def body(carry, batch):
       rest, grad_sum = carry
-      (ce, (accuracy, rest)), grads = grad_fn(params, rest, *batch)
-      return (rest, jax.tree.map(jnp.add, grad_sum, grads)), (ce, accuracy)
+      (loss, (parts, accuracy, rest)), grads = grad_fn(params, rest, *batch, teacher)
+      return (rest, jax.tree.map(jnp.add, grad_sum, grads)), (loss, parts, accuracy)
 
     carry = (rest, jax.tree.map(jnp.zeros_like, params))
-    (rest, grad_sum), (ce, accuracy) = jax.lax.scan(
+    (rest, grad_sum), (loss, parts, accuracy) = jax.lax.scan(
       body, carry, (microbatches(images), microbatches(labels))
     )
     grads = jax.tree.map(lambda g: g / accum, grad_sum)
-    return (ce.mean(), (accuracy.mean(), rest)), grads
+    parts = jax.tree.map(jnp.mean, parts)
+    return (loss.mean(), (parts, accuracy.mean(), rest)), grads
 
-  def update(state, images, labels):
+  def update(state, images, labels, teacher=None):
     compute = grad_fn if accum == 1 else accumulated_grad_fn
-    (ce, (accuracy, rest)), grads = compute(state["params"], state["rest"], images, labels)
+    (loss, (parts, accuracy, rest)), grads = compute(
+      state["params"], state["rest"], images, labels, teacher
+    )
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     old = layers.values_of_type(state["params"], layers.LatentWeight)
@@ -74,8 +135,8 @@ def make_update(graphdef, tx, schedule, config, spec: DataSpec) -> Callable:
     flips = sum((jnp.sum(jnp.signbit(a) != jnp.signbit(b)) for a, b in zip(old, new)), 0)
     latent = sum((a.size for a in old), 0)
     metrics = {
-      "ce": ce,
-      "loss": ce + optim.scale_l2_penalty(state["params"], scale_l2),
+      **parts,  # "ce" (hard labels), "kd" (distillation)
+      "loss": loss + optim.scale_l2_penalty(state["params"], scale_l2),
       "accuracy": accuracy,
       "learning_rate": schedule(state["step"]),
       "grad_norm": optax.global_norm(grads),
@@ -129,7 +190,7 @@ class Progress:
     logging.info(
       "Training %s (%s) on %s: %d examples, %d steps/epoch, steps %d..%d of %d, %d devices.",
       config.model.name,
-      "binary" if config.model.binary else "float",
+      _variant(config),
       config.data.name,
       num_train,
       steps_per_epoch,
@@ -192,6 +253,14 @@ class Progress:
     return mean
 
 
+def _variant(config) -> str:
+  if not config.model.binary:
+    return "float"
+  return (
+    "binary" if config.model.get("binary_weights", True) else "binary activations, float weights"
+  )
+
+
 def _rows(metrics) -> list[dict]:
   """Per-step metric dicts: one, or k of them when a call ran k steps (stacked values)."""
   first = next(iter(metrics.values()))
@@ -221,16 +290,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   feed = open_feed(config, mesh)
   config_checks.check_against_data(config, feed.num_train)
   run.check_model_fits(config, feed.spec)
+  sources = _open_sources(config, workdir, feed)  # bad teacher or stage-1 folders fail here
   with run.locked(workdir):
     run.prepare_workdir(workdir, config, feed.spec)
-    return _train(config, workdir, feed, mesh)
+    return _train(config, workdir, feed, mesh, sources)
 
 
-def _train(config, workdir: pathlib.Path, feed, mesh) -> dict[str, float]:
+def _open_sources(config, workdir: pathlib.Path, feed) -> dict:
+  """The other runs this one reads, restored: {"teacher": ..., "init": ...} (None where off).
+
+  The init run (config.init.from_workdir) only where workdir has no checkpoint of its own.
+  """
+  sources = {"teacher": None, "init": None}
+  if config.distill.teacher_workdir:
+    sources["teacher"] = run.open_source_run(
+      "distill.teacher_workdir", config, feed.spec, feed.num_train
+    )
+  if config.init.from_workdir and not run.has_checkpoint(workdir):
+    sources["init"] = run.open_source_run("init.from_workdir", config, feed.spec, feed.num_train)
+  return sources
+
+
+def _init_from_source(config, state, source, feed, mesh) -> dict:
+  """state with the parameters of config.init.from_workdir's run (restored here if not yet)."""
+  if source is None:  # this workdir's own checkpoints were all unreadable
+    source = run.open_source_run("init.from_workdir", config, feed.spec, feed.num_train)
+  state, copied, fresh = run.init_from_run(state, source[3], config.binary.weight_scale_init, mesh)
+  logging.info(
+    "Initialized from %s (step %d): %d variables copied; fresh: %s.",
+    config.init.from_workdir,
+    int(jax.device_get(source[3]["step"])),
+    len(copied),
+    ", ".join(".".join(n) for n in fresh) or "none",
+  )
+  return state
+
+
+def _teacher(source, mesh) -> tuple[object, dict | None]:
+  """(graphdef, {"params", "rest"} replicated over mesh) of a restored teacher run, or Nones."""
+  if source is None:
+    return None, None
+  _, _, graphdef, state = source
+  logging.info("Distilling from a teacher at step %d.", int(jax.device_get(state["step"])))
+  return graphdef, run.replicated({"params": state["params"], "rest": state["rest"]}, mesh)
+
+
+def _train(config, workdir: pathlib.Path, feed, mesh, sources) -> dict[str, float]:
   """The loop of train_and_evaluate, in a prepared and locked workdir."""
   steps_per_epoch = feed.num_train // config.batch_size
   total_steps = optim.steps_from_epochs(config.num_epochs, steps_per_epoch)
-  stop = min(total_steps, config.max_steps) if config.max_steps else total_steps
+  stop = run.stop_step(config, feed.num_train)
   eval_every = max(1, optim.steps_from_epochs(config.eval_every_epochs, steps_per_epoch))
   tx, schedule = optim.make(config, steps_per_epoch)
   graphdef, state = run.init_state(config, feed.spec, tx, mesh)
@@ -238,8 +347,13 @@ def _train(config, workdir: pathlib.Path, feed, mesh) -> dict[str, float]:
   state = manager.restore_latest(state)
   start = int(jax.device_get(state["step"]))
   last_good = start if start else None
+  if start == 0 and config.init.from_workdir:
+    state = _init_from_source(config, state, sources["init"], feed, mesh)
+  teacher_graphdef, teacher = _teacher(sources["teacher"], mesh)
+  sources.clear()  # the restored runs' single-device copies are no longer needed
 
-  train_step = feed.train_step(make_update(graphdef, tx, schedule, config, feed.spec), start)
+  update = make_update(graphdef, tx, schedule, config, feed.spec, teacher_graphdef)
+  train_step = feed.train_step(update, start, teacher)
   evaluate = feed.evaluator(make_eval_sums(graphdef, feed.spec))
   metrics_log = run.MetricsLog(workdir)
   metrics_log.start_at(start)

@@ -336,24 +336,26 @@ class InMemoryFeed:
       lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), tree
     )
 
-  def train_step(self, update, first_step: int):
+  def train_step(self, update, first_step: int, teacher=None):
+    """step(state) -> (state, metrics); `teacher` (a pytree or None) goes to update unchanged,
+    as an argument of the jitted step that is not donated (it serves every step)."""
     del first_step  # the batch follows from state["step"]
     config, num_train = self.config, self.num_train
     data = self._replicated({"images": self.ds.train_images, "labels": self.ds.train_labels})
     batch_sharding = NamedSharding(self.mesh, P("data"))
     key = jax.random.key(config.seed)
 
-    def train_step(state, data):
+    def train_step(state, data, teacher):
       shuffle_key, augment_key = jax.random.split(key)
       idx = train_batch_indices(state["step"], num_train, config.batch_size, shuffle_key)
       idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
       images = augment(
         data["images"][idx], jax.random.fold_in(augment_key, state["step"]), config.data.augment
       )
-      return update(state, images, data["labels"][idx])
+      return update(state, images, data["labels"][idx], teacher)
 
     step = jax.jit(train_step, donate_argnums=0)
-    return lambda state: step(state, data)
+    return lambda state: step(state, data, teacher)
 
   def evaluator(self, eval_sums):
     size = self.config.eval_batch_size
