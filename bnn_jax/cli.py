@@ -59,7 +59,7 @@ def run(main, *, with_config: bool = False) -> None:
     try:
       return FLAGS(rest)
     except flags.Error as e:
-      fail(f"{e} (--help lists the flags)")
+      fail(f"{_flag_problem(e)} (--help lists the flags)")
 
   def guarded_main(argv):
     try:
@@ -70,6 +70,15 @@ def run(main, *, with_config: bool = False) -> None:
       fail(e)
 
   app.run(guarded_main, flags_parser=parse_flags)
+
+
+def _flag_problem(error: flags.Error) -> str:
+  """absl's message in one line; its required-flag messages (one line each) as one sentence."""
+  missing = re.findall(r"Flag --(\w+) must have a value other than None", str(error))
+  if missing:
+    names = " and ".join(f"--{name}" for name in missing)
+    return f"{names} {'is' if len(missing) == 1 else 'are'} required"
+  return " ".join(str(error).split())
 
 
 # ----------------------------------------------------------------------------- overrides

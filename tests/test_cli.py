@@ -112,6 +112,11 @@ def test_bad_overrides_are_one_sentence_before_jax(tmp_path, no_heavy_imports, a
   assert not (tmp_path / "run").exists()
 
 
+def test_missing_flags_are_one_sentence(no_heavy_imports):
+  done = run_program("-m", "bnn_jax.main", site=no_heavy_imports)
+  assert_one_sentence(done, "--config and --workdir are required")
+
+
 @pytest.mark.parametrize(
   "source,expected",
   [

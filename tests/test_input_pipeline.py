@@ -166,6 +166,19 @@ def test_idx_header_shorter_than_declared(tmp_path):
     in_memory.load_idx_folder(str(tmp_path))
 
 
+def test_mnist_config_crops_and_reads_an_idx_folder_of_ten_classes(tmp_path):
+  from bnn_jax import config_checks
+  from configs import mnist
+
+  config = mnist.get_config()
+  assert config.data.augment == "crop"  # digits are shifted, never mirrored
+  _write_mnist_folder(tmp_path)
+  config.data.path = str(tmp_path)
+  config_checks.check_config(config, num_devices=1)
+  ds = in_memory.load(config.data)
+  assert ds.num_classes == 10 and ds.image_shape == (28, 28, 1)
+
+
 def test_fake_data_is_deterministic_and_subset_applies(test_config):
   a = in_memory.load(test_config.data)
   b = in_memory.load(test_config.data)
