@@ -169,8 +169,14 @@ def _describe(error: Exception, file: pathlib.Path) -> str:
   if line is None:
     frames = [f for f in traceback.extract_tb(error.__traceback__) if _same_file(f.filename, file)]
     line = frames[-1].lineno if frames else None
-  text = error.msg if isinstance(error, SyntaxError) else str(error)
-  text = (text.strip().splitlines() or [""])[0]
+  inner = error  # ConfigDict wraps a KeyError in an AttributeError: its text is the message
+  while inner.args and isinstance(inner.args[0], BaseException):
+    inner = inner.args[0]
+  if isinstance(error, SyntaxError):
+    text = error.msg
+  else:
+    text = inner.args[0] if len(inner.args) == 1 and isinstance(inner.args[0], str) else str(inner)
+  text = " ".join(text.split())[:300]  # one line
   where = f" at line {line}" if line else ""
   return f"{type(error).__name__}{where}" + (f": {text}" if text else "")
 

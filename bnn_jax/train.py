@@ -136,7 +136,8 @@ class Progress:
   The speed (images/s, steps/s) counts training only: the first step of a run (which waits for
   the compilation) and the pauses for evaluation and checkpoints are left out. Time left is the
   remaining steps at the training speed so far plus the remaining pauses at the mean length of
-  those so far (the first pause, which compiles the evaluation, only until there is another).
+  those so far, the first left out (it compiles the evaluation); until a second pause is
+  measured the line names the number of pauses still to come instead.
   """
 
   def __init__(self, config, start: int, stop: int, metrics_log: run.MetricsLog):
@@ -229,9 +230,10 @@ class Progress:
     train = (self.stop - done) * self.train_seconds / self.trained_steps
     # The loop flushes before it evaluates or saves: a pause at `done` is still to come.
     pauses = _pauses_between(done - 1, self.stop, self.eval_every, self.checkpoint_every)
-    if not self.pauses:
-      return f"{_duration(train)} left, plus {pauses} evaluations or checkpoints"
-    usual = self.pauses[1:] or self.pauses  # the first pause also compiles the evaluation
+    usual = self.pauses[1:]  # the first pause also compiles the evaluation: not a usual one
+    if not usual:
+      plural = "s" if pauses > 1 else ""
+      return f"{_duration(train)} left, plus {pauses} evaluation{plural} or checkpoint{plural}"
     return f"{_duration(train + pauses * sum(usual) / len(usual))} left"
 
 

@@ -325,7 +325,7 @@ def _metrics(loss=1.0, accuracy=0.5):
 def test_progress_leaves_out_compilation_and_counts_the_pauses(
   tmp_path, test_config, monkeypatch, caplog
 ):
-  """A fake clock: compiling takes 30 s, a step 2 s, the first pause 10 s, later ones 2 s."""
+  """A fake clock: compiling takes 30 s, a step 2 s, the first pause 10 s, the next 3 s."""
   from bnn_jax import run, train
 
   caplog.set_level("INFO")
@@ -353,12 +353,12 @@ def test_progress_leaves_out_compilation_and_counts_the_pauses(
   assert "8 images/s (0.50 steps/s), 0m16s left, plus 3 evaluations" in line
   clock[0] += 10.0  # evaluation and checkpoint at step 4
   progress.pause()
-  line = steps(5, 8, 2.0)  # 4 steps x 2 s + pauses at 8 and 12 x 10 s (the only one known)
-  assert "8 images/s (0.50 steps/s), 0m28s left" in line
-  clock[0] += 2.0
+  line = steps(5, 8, 2.0)  # 4 steps x 2 s; the first pause compiled: not a usual one
+  assert "8 images/s (0.50 steps/s), 0m08s left, plus 2 evaluations or checkpoints" in line
+  clock[0] += 3.0
   progress.pause()
-  line = steps(9, 10, 2.0)  # 2 steps x 2 s + the pause at 12 x 2 s (the first one left out)
-  assert "8 images/s (0.50 steps/s), 0m06s left" in line
+  line = steps(9, 10, 2.0)  # 2 steps x 2 s + the pause at 12 x 3 s (the first one left out)
+  assert "8 images/s (0.50 steps/s), 0m07s left" in line
   assert "done" in steps(11, 12, 2.0)
   logged = [r for r in run.MetricsLog(tmp_path).read() if "train/images_per_sec" in r]
   assert [r["step"] for r in logged] == [2, 4, 8, 10, 12]
