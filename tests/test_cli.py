@@ -443,6 +443,7 @@ def test_infer_prints_a_summary_and_per_image_lines_on_request(trained, tmp_path
     "-m", "bnn_jax.deploy.infer", named, tmp_path / "test.npz", tmp_path / "new.npz"
   )
   assert summary.returncode == 0, summary.stderr[-3000:]
+  assert "xla_bridge" not in summary.stderr  # jax's INFO noise is filtered
   lines = summary.stdout.strip().splitlines()
   assert len(lines) == 1 + 1 + 1 + 4 + 1  # counts, accuracy, header, 4 classes, top classes
   assert lines[0] == "45 images, 40 of them labeled"

@@ -19,6 +19,7 @@ from absl import app, flags
 from bnn_jax.data.in_memory import read_npz
 from bnn_jax.deploy import inference
 from bnn_jax.errors import InputError
+from bnn_jax.logs import quiet_library_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 64, "Images per engine call.")
@@ -103,7 +104,7 @@ def report(probs: np.ndarray, labels: np.ndarray, class_names, top: int = 5) -> 
   if labeled.any():
     truth, guess = labels[labeled], predicted[labeled]
     lines.append(f"accuracy {np.mean(guess == truth):.4f} ({labeled.sum()} labeled images)")
-    width = max(len(class_label(k, class_names)) for k in np.unique(truth))
+    width = max(len("class"), *(len(class_label(k, class_names)) for k in np.unique(truth)))
     lines.append(
       f"{'class':<{width}}  {'images':>6}  {'accuracy':>8}  most often predicted instead"
     )
@@ -132,6 +133,7 @@ def main(argv):
     raise InputError(f"--batch_size {FLAGS.batch_size} must be at least 1")
   if FLAGS.top < 1:
     raise InputError(f"--top {FLAGS.top} must be at least 1")
+  quiet_library_logs()
   xla_flags = os.environ.get("XLA_FLAGS", "")
   if "xla_cpu_prefer_vector_width" not in xla_flags:  # read when jax first computes: now
     os.environ["XLA_FLAGS"] = f"{xla_flags} {WIDE_VECTORS}".strip()
