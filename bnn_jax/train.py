@@ -178,15 +178,39 @@ class NonFiniteLossError(FloatingPointError):
   """The loss or the parameters became NaN or infinite; the message names the step."""
 
 
+def describe_run(config: ml_collections.ConfigDict, workdir) -> str:
+  """One log line: what a run trains, how, and where (the whole config goes to config.json)."""
+  opt = config.optimizer
+  stop = f", stopping at step {config.max_steps}" if config.max_steps else ""
+  return (
+    f"{config.model.name} ({'binary' if config.model.binary else 'float'}, width "
+    f"{config.model.width:g}) on {config.data.name}: {config.num_epochs:g} epochs{stop}, batch "
+    f"{config.batch_size}, {opt.name} lr {opt.learning_rate:g} ({opt.schedule}); workdir "
+    f"{workdir} (the full config: its config.json)"
+  )
+
+
 class Progress:
-  """Logs every log_every steps: losses, images/s, steps/s and the time left."""
+  """Logs every log_every steps: a bar, step/total, train loss and accuracy, speed, time left.
+
+  The speed (images/s, steps/s) counts training only: the first step of a run (which waits for
+  the compilation) and the pauses for evaluation and checkpoints are left out. Time left is the
+  remaining steps at the training speed so far plus the remaining pauses at the mean length of
+  those so far, the first left out (it compiles the evaluation); until a second pause is
+  measured the line names the number of pauses still to come instead.
+  """
 
   def __init__(self, config, start: int, stop: int, metrics_log: run.MetricsLog):
     self.batch_size, self.start, self.stop, self.log = config.batch_size, start, stop, metrics_log
-    self.pending, self.window = [], (time.time(), start)
+    self.checkpoint_every = config.checkpoint_every_steps
+    self.eval_every = stop  # set by announce, which knows the epoch length
+    self.pending, self.window = [], None  # window: (time, step) since which speed is measured
     self.train_seconds, self.trained_steps = 0.0, 0
+    self.started, self.flushed_at, self.pauses = time.time(), time.time(), []
 
   def announce(self, config, num_train: int, steps_per_epoch: int, total_steps: int) -> None:
+    # The loop's evaluation interval (train._train), for the pauses still to come.
+    self.eval_every = max(1, optim.steps_from_epochs(config.eval_every_epochs, steps_per_epoch))
     logging.info(
       "Training %s (%s) on %s: %d examples, %d steps/epoch, steps %d..%d of %d, %d devices.",
       config.model.name,
@@ -201,11 +225,18 @@ class Progress:
     )
 
   def add(self, step: int, metrics) -> None:
+    if self.window is None:  # the first step waits for the compilation: time it apart
+      jax.block_until_ready(metrics)
+      now = time.time()
+      logging.info("step %d: compiled and ran in %.1f s", step, now - self.started)
+      self.window = (now, step)
     self.pending.append((step, metrics))
 
   def pause(self) -> None:
-    """Keeps eval and checkpoint time out of the training speed."""
-    self.window = (time.time(), self.window[1])
+    """Keeps eval and checkpoint time out of the training speed; measures it for time left."""
+    now = time.time()
+    self.pauses.append(now - self.flushed_at)
+    self.window = (now, self.window[1])
 
   def flush(self, last_good: int | None) -> dict[str, float]:
     """Fetches the pending per-step metrics, checks them and logs their mean."""
@@ -221,36 +252,60 @@ class Progress:
           f"the training loss became {float(m['loss'])} at step {step}; the run stopped and "
           f"{_kept(last_good)}"
         )
-    done = steps[-1]
-    seconds = time.time() - self.window[0]
+    done, now = steps[-1], time.time()
+    seconds, measured = now - self.window[0], done - self.window[1]
     self.train_seconds += seconds
-    self.trained_steps += done - self.window[1]
-    steps_per_sec = (done - self.window[1]) / max(seconds, 1e-9)
-    self.window = (time.time(), done)
+    self.trained_steps += measured
+    self.window = (now, done)
     mean = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
     for s, v in zip(steps, values):  # every step's loss, for exact comparisons in tests
       self.log.write(s, {"train/loss": float(v["loss"]), "train/ce": float(v["ce"])})
-    images_per_sec = steps_per_sec * self.batch_size
-    self.log.write(
-      done,
-      {f"train_mean/{k}": v for k, v in mean.items()} | {"train/images_per_sec": images_per_sec},
-    )
-    overall = self.trained_steps / max(self.train_seconds, 1e-9)
-    left = (self.stop - done) / max(overall, 1e-9)
+    speed, rates = "", {}
+    if measured:  # none when only the first (compiling) step ran since the last log
+      steps_per_sec = measured / max(seconds, 1e-9)
+      rates = {"train/images_per_sec": steps_per_sec * self.batch_size}
+      speed = f", {rates['train/images_per_sec']:.0f} images/s ({steps_per_sec:.2f} steps/s)"
+    self.log.write(done, {f"train_mean/{k}": v for k, v in mean.items()} | rates)
     share = done / self.stop
     bar = "#" * int(20 * share) + "." * (20 - int(20 * share))
     logging.info(
-      "[%s] step %d/%d: loss %.4f, accuracy %.4f, %.0f images/s (%.2f steps/s), %s left",
+      "[%s] step %d/%d: train loss %.4f, train accuracy %.4f%s, %s",
       bar,
       done,
       self.stop,
       mean["loss"],
       mean["accuracy"],
-      images_per_sec,
-      steps_per_sec,
-      _duration(left),
+      speed,
+      self.time_left(done),
     )
+    self.flushed_at = time.time()
     return mean
+
+  def time_left(self, done: int) -> str:
+    """The remaining training at the speed so far, plus the evaluations and checkpoints."""
+    if done >= self.stop:
+      return "done"
+    if not self.trained_steps:
+      return "time left known from the next log line"
+    train = (self.stop - done) * self.train_seconds / self.trained_steps
+    # The loop flushes before it evaluates or saves: a pause at `done` is still to come.
+    pauses = _pauses_between(done - 1, self.stop, self.eval_every, self.checkpoint_every)
+    usual = self.pauses[1:]  # the first pause also compiles the evaluation: not a usual one
+    if not usual:
+      plural = "s" if pauses > 1 else ""
+      return f"{_duration(train)} left, plus {pauses} evaluation{plural} or checkpoint{plural}"
+    return f"{_duration(train + pauses * sum(usual) / len(usual))} left"
+
+
+def _pauses_between(done: int, stop: int, eval_every: int, checkpoint_every: int) -> int:
+  """Steps in (done, stop] at which the loop evaluates or saves (always at stop)."""
+
+  def multiples(every):
+    return stop // every - done // every
+
+  both = math.lcm(eval_every, checkpoint_every)
+  count = multiples(eval_every) + multiples(checkpoint_every) - multiples(both)
+  return count + (stop % eval_every != 0 and stop % checkpoint_every != 0)
 
 
 def _variant(config) -> str:
