@@ -56,13 +56,14 @@ def main(argv):
   del argv
   import jax
 
-  from bnn_jax import checkpointing, optim, train
+  from bnn_jax import checkpointing, optim, run
+  from bnn_jax.data import DataSpec
   from configs import vgg_small
 
   config = vgg_small.get_config()
-  spec = train.DataSpec(10, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
+  spec = DataSpec(10, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
   tx, _ = optim.make(config, steps_per_epoch=1)
-  _, state = train.init_state(config, spec, tx, train.make_mesh())
+  _, state = run.init_state(config, spec, tx, run.make_mesh())
   state = randomized(state)  # trained values: Adam's zero moments would compress to nothing
   with tempfile.TemporaryDirectory() as workdir:
     checkpoints = checkpointing.Checkpoints(workdir, keep=2)
