@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bnn_jax import binary
+from bnn_jax import binary, conv
 
 WEIGHT_SCALES = ("trainable", "mean_abs", "none")
 SCALE_GRANULARITIES = ("channel", "layer")
@@ -136,13 +136,8 @@ class BinaryConv(_BinaryKernel):
     kernel = self.binary_kernel()
     if self.dtype is not None:
       x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    return jax.lax.conv_general_dilated(
-      x,
-      kernel.astype(x.dtype),
-      window_strides=self.strides,
-      padding=self.padding,
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    # conv.conv2d: lax's convolution, with its gradients as matrix products on CPU.
+    return conv.conv2d(x, kernel.astype(x.dtype), self.strides, self.padding)
 
 
 class BinaryDense(_BinaryKernel):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from bnn_jax import conv as conv_ops
 from bnn_jax import layers
 from bnn_jax.errors import InputError
 
@@ -45,6 +46,8 @@ def float_kit(dtype=None) -> LayerKit:
       padding=padding,
       use_bias=False,
       dtype=dtype,
+      # Same parameters as lax's; the gradients run as matrix products on CPU (bnn_jax.conv).
+      conv_general_dilated=conv_ops.conv_general_dilated,
       rngs=rngs,
     )
 

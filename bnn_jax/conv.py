@@ -1,0 +1,277 @@
+"""2-D convolution whose gradients run as matrix products on the CPU backend.
+
+XLA:CPU computes a convolution's forward pass and its input gradient at about the speed of a
+matrix product, but the kernel gradient (a "convolution" whose window is the whole image) several
+times slower. `conv2d` is `lax.conv_general_dilated` (NHWC input, HWIO kernel, NHWC output) with
+a `jax.custom_vjp` whose backward pass computes
+
+* the kernel gradient as matrix products G^T [Cout, N*Ho*Wo] cols [N*Ho*Wo, kh*kw*Cin], where
+  cols (im2col) holds the input each kernel tap sees at each output pixel; built and multiplied
+  a few images at a time (IM2COL_CHUNK_BYTES) so that cols is still in cache when read. This
+  measured faster than one product per tap (thin, and each tap's input copied out first) and
+  than one im2col of the whole batch (hundreds of MB written and read back);
+* the input gradient with XLA's own transposed convolution, except for 1x1 kernels with a
+  stride (ResNet's downsample): there G W^T [N*Ho*Wo, Cin] placed at the strided positions
+  (col2im), which measured faster than XLA's input-dilated convolution. For larger strided
+  kernels col2im measured no faster than XLA, for stride 1 XLA is as fast as the forward pass.
+
+The forward pass stays XLA's convolution, bit for bit: shifted products and im2col measured no
+faster, and the deployment tests compare the trained model's forward pass exactly.
+
+Where it applies: only when `jax.default_backend()` is "cpu" at trace time. On GPU and TPU
+`conv2d` is exactly `lax.conv_general_dilated` with XLA's own gradient (cuDNN and the TPU
+compiler compute all three at full speed). `conv_general_dilated` has lax's signature, for
+`nnx.Conv(conv_general_dilated=...)`; what the matrix path does not cover (dilation, other
+dimension orders, a precision or output type) goes to lax unchanged.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from bnn_jax.errors import InputError
+
+DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+# The kernel gradient builds im2col for this many bytes of images at a time (a divisor of the
+# batch): small enough to stay in a CPU's L2/L3 cache between being written and being read.
+IM2COL_CHUNK_BYTES = 16 * 2**20
+
+
+def use_matmul_gradients() -> bool:
+  """True where `conv2d` computes its gradients as matrix products: on the CPU backend."""
+  return jax.default_backend() == "cpu"
+
+
+def conv2d(
+  x: jax.Array,
+  kernel: jax.Array,
+  strides: int | Sequence[int] = 1,
+  padding: str | Sequence[tuple[int, int]] = "SAME",
+  feature_group_count: int = 1,
+  *,
+  matmul_gradients: bool | None = None,
+) -> jax.Array:
+  """y [N, Ho, Wo, Cout] = conv(x [N, H, W, Cin], kernel [kh, kw, Cin / groups, Cout]).
+
+  Same numbers as `lax.conv_general_dilated` with dimension numbers NHWC/HWIO/NHWC and the same
+  strides, padding ("SAME", "VALID" or ((top, bottom), (left, right))) and feature groups.
+  matmul_gradients: None picks by backend (`use_matmul_gradients()`); True or False forces the
+  custom backward pass or XLA's (tests use True to check the custom one on any backend).
+  """
+  strides = _pair("strides", strides)
+  pads = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
+  _check_groups(x.shape[-1], kernel.shape, feature_group_count)
+  if matmul_gradients is None:
+    matmul_gradients = use_matmul_gradients()
+  if matmul_gradients:
+    return _conv(x, kernel, strides, pads, feature_group_count)
+  return _xla_conv(x, kernel, strides, pads, feature_group_count)
+
+
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  preferred_element_type=None,
+  **kwargs,
+):
+  """`lax.conv_general_dilated` with `conv2d`'s gradients where it applies (CPU, 2-D NHWC/HWIO,
+  no dilation, default precision and output type, no batch groups); lax itself otherwise."""
+  plain = (
+    use_matmul_gradients()
+    and lhs.ndim == 4
+    and all(d in (None, 1) for d in _flat(lhs_dilation) + _flat(rhs_dilation))
+    and _is_nhwc_hwio(lhs.shape, rhs.shape, dimension_numbers)
+    and batch_group_count == 1
+    and precision is None
+    and preferred_element_type is None
+    and kwargs.get("out_sharding") is None
+    and (isinstance(padding, str) or all(lo >= 0 and hi >= 0 for lo, hi in padding))
+  )
+  if plain:
+    return conv2d(lhs, rhs, tuple(window_strides), padding, feature_group_count)
+  return lax.conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+    **kwargs,
+  )
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def _pair(what: str, value) -> tuple[int, int]:
+  pair = (value, value) if isinstance(value, int) else tuple(value)
+  if len(pair) != 2 or not all(isinstance(v, int | np.integer) and v >= 1 for v in pair):
+    raise InputError(f"conv2d {what} {value!r} is not allowed; give one or two integers >= 1")
+  return tuple(int(v) for v in pair)
+
+
+def _explicit_padding(padding, spatial, window, strides) -> tuple[tuple[int, int], ...]:
+  """((top, bottom), (left, right)) from "SAME", "VALID" or explicit non-negative pairs."""
+  if isinstance(padding, str):
+    if padding.upper() not in ("SAME", "VALID"):
+      raise InputError(
+        f"conv2d padding {padding!r} is not allowed; give 'SAME', 'VALID' or "
+        "((top, bottom), (left, right))"
+      )
+    return tuple(lax.padtype_to_pads(spatial, window, strides, padding.upper()))
+  pads = tuple(tuple(int(v) for v in p) for p in padding)
+  if len(pads) != 2 or any(len(p) != 2 or min(p) < 0 for p in pads):
+    raise InputError(
+      f"conv2d padding {padding!r} is not allowed; give 'SAME', 'VALID' or "
+      "((top, bottom), (left, right)) with non-negative integers"
+    )
+  return pads
+
+
+def _check_groups(in_channels: int, kernel_shape, groups: int) -> None:
+  if len(kernel_shape) != 4:
+    raise InputError(f"conv2d kernel shape {kernel_shape} is not allowed; give [kh, kw, in, out]")
+  if groups < 1 or in_channels != kernel_shape[2] * groups or kernel_shape[3] % groups:
+    raise InputError(
+      f"conv2d feature_group_count {groups} does not fit input channels {in_channels} and "
+      f"kernel {tuple(kernel_shape)}: need in = kernel[2] * groups and kernel[3] % groups == 0"
+    )
+
+
+def _flat(value) -> tuple:
+  return (value,) if value is None or isinstance(value, int) else tuple(value)
+
+
+def _is_nhwc_hwio(lhs_shape, rhs_shape, dimension_numbers) -> bool:
+  if dimension_numbers is None:
+    return False  # lax's default is NCHW/OIHW
+  dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+  return dn == lax.conv_dimension_numbers(lhs_shape, rhs_shape, DIMENSION_NUMBERS)
+
+
+# ----------------------------------------------------------------------------- the convolution
+
+
+def _xla_conv(x, kernel, strides, pads, groups):
+  return lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=strides,
+    padding=pads,
+    dimension_numbers=DIMENSION_NUMBERS,
+    feature_group_count=groups,
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, kernel, strides, pads, groups):
+  return _xla_conv(x, kernel, strides, pads, groups)
+
+
+def _conv_fwd(x, kernel, strides, pads, groups):
+  return _xla_conv(x, kernel, strides, pads, groups), (x, kernel)
+
+
+def _conv_bwd(strides, pads, groups, residuals, g):
+  x, kernel = residuals
+  g = g.astype(x.dtype)
+  dx = _input_grad(g, kernel, x.shape, strides, pads, groups)
+  dw = _kernel_grad(x, g, kernel.shape, strides, pads, groups)
+  return dx.astype(x.dtype), dw.astype(kernel.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _im2col(x, window, strides, pads, out_hw):
+  """[N*Ho*Wo, kh*kw, C]: for every output pixel, the input each kernel tap (HWIO order) sees."""
+  (sh, sw), (ho, wo) = strides, out_hw
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  n, c = x.shape[0], x.shape[3]
+  taps = [
+    lax.slice(
+      xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1)
+    )
+    for i in range(window[0])
+    for j in range(window[1])
+  ]
+  return jnp.stack(taps, axis=3).reshape(n * ho * wo, window[0] * window[1], c)
+
+
+def _chunk_images(n: int, bytes_per_image: int) -> int:
+  """The largest divisor of n whose images' im2col fits IM2COL_CHUNK_BYTES (at least 1)."""
+  fit = max(1, IM2COL_CHUNK_BYTES // max(1, bytes_per_image))
+  return max(d for d in range(1, n + 1) if n % d == 0 and d <= fit)
+
+
+def _kernel_grad(x, g, kernel_shape, strides, pads, groups):
+  """dL/dkernel [kh, kw, Cin/G, Cout] = im2col(x)^T G, summed over chunks of images.
+
+  One product G^T [Cout, M] cols [M, kh*kw*Cin] per chunk: wide enough for the matrix kernels,
+  and the chunk's im2col (IM2COL_CHUNK_BYTES) is still in cache when the product reads it.
+  """
+  kh, kw, cg, cout = kernel_shape
+  n, ho, wo, _ = g.shape
+  og = cout // groups
+  chunk = _chunk_images(n, ho * wo * kh * kw * x.shape[3] * x.dtype.itemsize)
+
+  def chunk_grad(xc, gc):  # -> [G, og, kh*kw, cg], float32
+    cols = _im2col(xc, (kh, kw), strides, pads, (ho, wo))
+    pixels = (((0,), (0,)), ((), ()))
+    if groups == 1:  # a plain matrix product: [og, M] [M, kh*kw*cg]
+      gm, cols = gc.reshape(-1, og), cols.reshape(cols.shape[0], -1)
+      dw = lax.dot_general(gm, cols, pixels, preferred_element_type=jnp.float32)
+      return dw.reshape(1, og, kh * kw, cg)
+    gm, cols = gc.reshape(-1, groups, og), cols.reshape(cols.shape[0], kh * kw, groups, cg)
+    dims = (pixels[0], ((1,), (2,)))  # contract pixels, batch over groups
+    return lax.dot_general(gm, cols, dims, preferred_element_type=jnp.float32)
+
+  if chunk == n:
+    dw = chunk_grad(x, g)
+  else:
+    xs = x.reshape(n // chunk, chunk, *x.shape[1:])
+    gs = g.reshape(n // chunk, chunk, *g.shape[1:])
+    zero = jnp.zeros((groups, og, kh * kw, cg), jnp.float32)
+    dw, _ = lax.scan(lambda acc, xg: (acc + chunk_grad(*xg), None), zero, (xs, gs))
+  return dw.transpose(2, 3, 0, 1).reshape(kernel_shape)
+
+
+def _input_grad(g, kernel, x_shape, strides, pads, groups):
+  """dL/dx [N, H, W, Cin]: G W^T placed at the strides for strided 1x1 kernels, else XLA's."""
+  if kernel.shape[:2] == (1, 1) and strides != (1, 1):
+    return _input_grad_strided_1x1(g, kernel, x_shape, strides, pads, groups)
+  conv = lambda x: _xla_conv(x, kernel, strides, pads, groups)
+  (dx,) = jax.linear_transpose(conv, jax.ShapeDtypeStruct(x_shape, g.dtype))(g)
+  return dx
+
+
+def _input_grad_strided_1x1(g, kernel, x_shape, strides, pads, groups):
+  """Output pixel (ho, wo) reads input (sh*ho - top, sw*wo - left): G W^T goes back there."""
+  n, ho, wo, cout = g.shape
+  cg, og = kernel.shape[2], cout // groups
+  g3, w = g.reshape(n * ho * wo, groups, og), kernel.reshape(cg, groups, og)
+  dims = (((2,), (2,)), ((1,), (1,)))  # contract output channels, batch over groups
+  cols = lax.dot_general(g3, w, dims, preferred_element_type=jnp.float32)  # [G, M, cg]
+  cols = cols.transpose(1, 0, 2).reshape(n, ho, wo, groups * cg).astype(g.dtype)
+  # Interior padding spreads the rows/columns to the stride; negative edges drop the padding.
+  (pt, _), (pl, _) = pads
+  rows = (-pt, x_shape[1] + pt - strides[0] * (ho - 1) - 1, strides[0] - 1)
+  columns = (-pl, x_shape[2] + pl - strides[1] * (wo - 1) - 1, strides[1] - 1)
+  return lax.pad(cols, jnp.zeros((), cols.dtype), ((0, 0, 0), rows, columns, (0, 0, 0)))

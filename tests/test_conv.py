@@ -1,0 +1,178 @@
+"""bnn_jax.conv: the matrix-product gradients equal lax.conv_general_dilated's on every layer shape
+the models use; the backend switch; nnx.Conv and the models wired to it."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from bnn_jax import conv, models
+from bnn_jax.errors import InputError
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+# (input [N, H, W, Cin], kernel [kh, kw, Cin / groups, Cout], strides, padding, groups): every
+# conv shape of models.py with tiny channel counts, spatial sizes where the stride leaves a rest.
+LAYERS = {
+  "vgg_3x3": ((2, 8, 8, 4), (3, 3, 4, 6), 1, "SAME", 1),
+  "vgg_conv0_rgb": ((2, 8, 8, 3), (3, 3, 3, 5), 1, "SAME", 1),
+  "alexnet_conv1_11x11_s4": ((2, 27, 27, 3), (11, 11, 3, 5), 4, ((2, 2), (2, 2)), 1),
+  "alexnet_5x5": ((2, 7, 7, 4), (5, 5, 4, 6), 1, "SAME", 1),
+  "alexnet_3x3": ((2, 5, 5, 6), (3, 3, 6, 4), 1, "SAME", 1),
+  "resnet_stem_7x7_s2": ((2, 15, 15, 3), (7, 7, 3, 4), 2, ((3, 3), (3, 3)), 1),
+  "resnet_3x3_s1": ((2, 6, 6, 4), (3, 3, 4, 4), 1, ((1, 1), (1, 1)), 1),
+  "resnet_3x3_s2": ((2, 7, 7, 4), (3, 3, 4, 6), 2, ((1, 1), (1, 1)), 1),
+  "resnet_1x1_s2_downsample": ((2, 7, 7, 4), (1, 1, 4, 6), 2, "VALID", 1),
+  "grouped_3x3": ((2, 6, 6, 4), (3, 3, 2, 6), 1, "SAME", 2),
+  "grouped_3x3_s2": ((2, 7, 7, 4), (3, 3, 2, 6), 2, ((1, 1), (1, 1)), 2),
+  "grouped_1x1_s2": ((2, 7, 7, 4), (1, 1, 2, 6), 2, "VALID", 2),
+  "padded_1x1_s2": ((2, 6, 6, 4), (1, 1, 4, 3), 2, ((1, 0), (0, 1)), 1),
+  "valid_3x3_s2": ((2, 8, 8, 4), (3, 3, 4, 2), 2, "VALID", 1),
+}
+
+
+def _reference(x, w, strides, padding, groups):
+  return jax.lax.conv_general_dilated(
+    x, w, (strides, strides), padding, dimension_numbers=DN, feature_group_count=groups
+  )
+
+
+def _inputs(x_shape, w_shape, dtype=jnp.float32, seed=0):
+  kx, kw = jax.random.split(jax.random.key(seed))
+  return jax.random.normal(kx, x_shape, dtype), jax.random.normal(kw, w_shape, dtype)
+
+
+def _value_and_grads(fn, x, w, cotangent):
+  y, vjp = jax.vjp(fn, x, w)
+  return (y, *vjp(cotangent))
+
+
+def _check_layer(name, dtype=jnp.float32, rtol=1e-5, atol=1e-4):
+  x_shape, w_shape, strides, padding, groups = LAYERS[name]
+  x, w = _inputs(x_shape, w_shape, dtype)
+  ref = lambda x, w: _reference(x, w, strides, padding, groups)
+  ours = lambda x, w: conv.conv2d(x, w, strides, padding, groups, matmul_gradients=True)
+  y = ref(x, w)
+  cotangent = jax.random.normal(jax.random.key(1), y.shape, dtype)
+  expected = _value_and_grads(ref, x, w, cotangent)
+  actual = jax.jit(lambda x, w, c: _value_and_grads(ours, x, w, c))(x, w, cotangent)
+  for what, a, e in zip(("output", "input gradient", "kernel gradient"), actual, expected):
+    assert a.shape == e.shape and a.dtype == e.dtype, what
+    np.testing.assert_allclose(
+      np.float32(a), np.float32(e), rtol=rtol, atol=atol, err_msg=f"{name}: {what}"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_matmul_gradients_equal_lax_on_every_model_layer_shape(name):
+  _check_layer(name)
+
+
+@pytest.mark.parametrize("name", ["vgg_3x3", "resnet_3x3_s2", "grouped_1x1_s2"])
+def test_kernel_gradient_summed_over_image_chunks(name, monkeypatch):
+  # A budget below one image's im2col: one image per chunk, the chunks summed by lax.scan.
+  monkeypatch.setattr(conv, "IM2COL_CHUNK_BYTES", 1)
+  _check_layer(name)
+
+
+@pytest.mark.parametrize("name", ["vgg_3x3", "resnet_3x3_s2", "grouped_3x3"])
+def test_bfloat16_inputs_give_bfloat16_gradients_close_to_lax(name):
+  _check_layer(name, dtype=jnp.bfloat16, rtol=5e-2, atol=0.25)
+
+
+def test_chunk_is_the_largest_divisor_of_the_batch_within_the_budget(monkeypatch):
+  monkeypatch.setattr(conv, "IM2COL_CHUNK_BYTES", 1000)
+  assert conv._chunk_images(64, 100) == 8  # 10 would fit, 8 divides 64
+  assert conv._chunk_images(7, 100) == 7
+  assert conv._chunk_images(6, 5000) == 1
+
+
+def test_custom_gradient_on_cpu_and_lax_itself_elsewhere(monkeypatch):
+  x, w = _inputs((1, 5, 5, 2), (3, 3, 2, 3))
+  # A new function per trace: make_jaxpr caches traces by function.
+  text = lambda: str(jax.make_jaxpr(lambda x, w: conv.conv2d(x, w))(x, w))
+  assert jax.default_backend() != "cpu" or "custom_vjp_call" in text()
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert not conv.use_matmul_gradients()
+  assert "custom_vjp_call" not in text()
+  assert "custom_vjp_call" not in str(
+    jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(x, w, (1, 1), "SAME", None, None, DN))(
+      x, w
+    )
+  )
+
+
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    dict(strides=0),
+    dict(strides=(1, 2, 3)),
+    dict(padding="FULL"),
+    dict(padding=((1, -1), (1, 1))),
+    dict(feature_group_count=3),
+  ],
+)
+def test_bad_arguments_raise_input_error_naming_them(kwargs):
+  x, w = _inputs((1, 5, 5, 4), (3, 3, 4, 4))
+  with pytest.raises(InputError, match="conv2d"):
+    conv.conv2d(x, w, **kwargs)
+
+
+def test_nnx_conv_with_our_conv_general_dilated_matches_lax_forward_and_gradients(monkeypatch):
+  monkeypatch.setattr(conv, "use_matmul_gradients", lambda: True)
+  kwargs = dict(strides=2, padding=((1, 1), (1, 1)), feature_group_count=2, use_bias=True)
+  ours = nnx.Conv(4, 6, (3, 3), conv_general_dilated=conv.conv_general_dilated, **kwargs,
+                  rngs=nnx.Rngs(0))  # fmt: skip
+  plain = nnx.Conv(4, 6, (3, 3), **kwargs, rngs=nnx.Rngs(0))
+  assert jax.tree.map(jnp.shape, nnx.state(ours)) == jax.tree.map(jnp.shape, nnx.state(plain))
+  x = jax.random.normal(jax.random.key(2), (2, 7, 7, 4))
+  loss = lambda m, x: jnp.sum(jnp.sin(m(x)))
+  np.testing.assert_allclose(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+  for a, b in zip(
+    jax.tree.leaves(nnx.grad(loss, argnums=(0, 1))(ours, x)),
+    jax.tree.leaves(nnx.grad(loss, argnums=(0, 1))(plain, x)),
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_general_dilated_passes_what_it_does_not_cover_to_lax(monkeypatch):
+  monkeypatch.setattr(conv, "use_matmul_gradients", lambda: True)
+  x, w = _inputs((1, 7, 7, 2), (3, 3, 2, 3))
+  dilated = lambda x, w: conv.conv_general_dilated(x, w, (1, 1), "SAME", None, (2, 2), DN)
+  assert "custom_vjp_call" not in str(jax.make_jaxpr(dilated)(x, w))
+  expected = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", None, (2, 2), DN)
+  np.testing.assert_allclose(dilated(x, w), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_vgg_small_gradients_equal_with_and_without_matmul_gradients(binary, monkeypatch):
+  cfg = ml_collections.ConfigDict(
+    dict(
+      weight_estimator="higher_order", weight_scale="trainable", weight_scale_per="channel",
+      weight_scale_init="mean_abs", activation_mode="step", activation_estimator="long_tailed",
+      activation_scale="trainable", beta_init=1.0,
+    )
+  )  # fmt: skip
+  kit = models.binary_kit(cfg) if binary else models.float_kit()
+  model = models.VGGSmall(kit, image_shape=(8, 8, 3), width=1 / 32, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
+  labels = jnp.arange(4) % 10
+
+  def grads(matmul):
+    monkeypatch.setattr(conv, "use_matmul_gradients", lambda: matmul)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params):
+      fresh = jax.tree.map(lambda v: v, rest)  # BatchNorm updates its statistics in the trace
+      logits = nnx.merge(graphdef, params, fresh)(x, train=True)
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    # All six convs (the float first conv too) take the custom gradient, or none does.
+    assert str(jax.make_jaxpr(loss)(params)).count("bwd=_conv_bwd") == (6 if matmul else 0)
+    return jax.jit(jax.grad(loss))(params)
+
+  ours, reference = grads(True), grads(False)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
