@@ -22,7 +22,7 @@ from flax import nnx
 
 from bnn_jax import config_checks, layers, optim, run
 from bnn_jax.checkpointing import checkpoint_manager, restore_latest
-from bnn_jax.data import DataSpec, normalize, open_feed
+from bnn_jax.data import DataSpec, in_memory, normalize, open_feed
 
 # ----------------------------------------------------------------------------- steps
 
@@ -140,20 +140,20 @@ class Progress:
       jax.device_count(),
     )
 
-  def add(self, step: int, metrics) -> None:
-    self.pending.append((step, metrics))
+  def add(self, step: int, metrics, steps: int = 1) -> None:
+    """Keeps the device metrics of a call that ran `steps` steps ending at `step`."""
+    self.pending.append((step, steps, metrics))
 
   def pause(self) -> None:
     """Keeps eval and checkpoint time out of the training speed."""
     self.window = (time.time(), self.window[1])
 
   def flush(self, last_good: int | None) -> dict[str, float]:
-    """Fetches the pending per-step metrics, checks them and logs their mean."""
+    """Fetches the pending per-step metrics (one transfer), checks them and logs their mean."""
     steps, values = [], []
-    for step, m in self.pending:
-      for i, row in enumerate(_rows(jax.device_get(m))):
-        steps.append(step - len(_rows(m)) + 1 + i)
-        values.append(row)
+    for (last, n, _), m in zip(self.pending, jax.device_get([m for *_, m in self.pending])):
+      steps.extend(range(last - n + 1, last + 1))
+      values.extend(_rows(m, n))
     self.pending.clear()
     for step, m in zip(steps, values):
       if not math.isfinite(float(m["loss"])):
@@ -168,8 +168,13 @@ class Progress:
     steps_per_sec = (done - self.window[1]) / max(seconds, 1e-9)
     self.window = (time.time(), done)
     mean = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
-    for s, v in zip(steps, values):  # every step's loss, for exact comparisons in tests
-      self.log.write(s, {"train/loss": float(v["loss"]), "train/ce": float(v["ce"])})
+    # Every step's loss, for exact comparisons in tests; one append for them all.
+    self.log.write_rows(
+      [
+        (s, {"train/loss": float(v["loss"]), "train/ce": float(v["ce"])})
+        for s, v in zip(steps, values)
+      ]
+    )
     images_per_sec = steps_per_sec * self.batch_size
     self.log.write(
       done,
@@ -193,12 +198,27 @@ class Progress:
     return mean
 
 
-def _rows(metrics) -> list[dict]:
-  """Per-step metric dicts: one, or k of them when a call ran k steps (stacked values)."""
-  first = next(iter(metrics.values()))
-  if np.ndim(first) == 0:
+def _rows(metrics, steps: int) -> list[dict]:
+  """Per-step metric dicts of a call that ran `steps` steps: its scalars (one step), or the first
+  `steps` rows of its stacked values [steps_per_call]."""
+  if np.ndim(next(iter(metrics.values()))) == 0:
     return [metrics]
-  return [{k: v[i] for k, v in metrics.items()} for i in range(len(first))]
+  return [{k: v[i] for k, v in metrics.items()} for i in range(steps)]
+
+
+def call_plan(start: int, stop: int, periods: tuple[int, ...], steps_per_call: int):
+  """Yields (steps, done) for each jitted call of the loop from step `start` to `stop`.
+
+  A boundary is `stop` or a multiple of one of `periods` (log, eval, checkpoint); the loop runs
+  calls of steps_per_call steps, shorter ones where a boundary comes sooner, so that every
+  boundary falls exactly after a call.
+  """
+  done = start
+  while done < stop:
+    boundary = min([stop] + [(done // p + 1) * p for p in periods])
+    steps = min(steps_per_call, boundary - done)
+    done += steps
+    yield steps, done
 
 
 def _kept(last_good: int | None) -> str:
@@ -240,37 +260,28 @@ def _train(config, workdir: pathlib.Path, feed, mesh) -> dict[str, float]:
   start = int(jax.device_get(state["step"]))
   last_good = start if start else None
 
-  train_step = feed.train_step(make_update(graphdef, tx, schedule, config, feed.spec), start)
+  train_step = _train_step(
+    feed, make_update(graphdef, tx, schedule, config, feed.spec), start, config
+  )
   evaluate = feed.evaluator(make_eval_sums(graphdef, feed.spec))
   metrics_log = run.MetricsLog(workdir)
   metrics_log.start_at(start)
   progress, result = Progress(config, start, stop, metrics_log), {}
   progress.announce(config, feed.num_train, steps_per_epoch, total_steps)
+  periods = (config.log_every_steps, eval_every, config.checkpoint_every_steps)
   try:
-    for done in range(start + 1, stop + 1):
-      state, metrics = train_step(state)
-      progress.add(done, metrics)
+    for steps, done in call_plan(start, stop, periods, config.steps_per_call):
+      state, metrics = train_step(state, steps)
+      progress.add(done, metrics, steps)
       evaluate_now = done % eval_every == 0 or done == stop
       save_now = done % config.checkpoint_every_steps == 0 or done == stop
       if done % config.log_every_steps == 0 or evaluate_now or save_now:
         progress.flush(last_good)
       if evaluate_now:
         result = evaluate(state)
-        metrics_log.write(done, {f"eval/{k}": v for k, v in result.items()})
-        logging.info(
-          "step %d: test accuracy %.4f, test loss %.4f (%d examples)",
-          done,
-          result["accuracy"],
-          result["loss"],
-          result["count"],
-        )
+        _log_eval(metrics_log, done, done / steps_per_epoch, result)
       if save_now:
-        if not bool(_all_finite(state["params"])):
-          raise NonFiniteLossError(
-            f"the parameters became NaN or infinite by step {done}; the run stopped and "
-            f"{_kept(last_good)}"
-          )
-        manager.save(done, args=ocp.args.StandardSave(state))
+        _save(manager, state, done, last_good)
         last_good = done
       if evaluate_now or save_now:
         progress.pause()
@@ -280,3 +291,33 @@ def _train(config, workdir: pathlib.Path, feed, mesh) -> dict[str, float]:
     result = evaluate(state)
   manager.close()
   return result
+
+
+def _train_step(feed, update, start: int, config) -> Callable:
+  """step(state, steps) -> (state, metrics): `steps` <= config.steps_per_call train steps."""
+  if isinstance(feed, in_memory.InMemoryFeed):
+    return feed.train_step(update, start, config.steps_per_call)
+  step = feed.train_step(update, start)  # host-fed: one step a call (config_checks)
+  return lambda state, steps: step(state)
+
+
+def _log_eval(metrics_log: run.MetricsLog, done: int, epoch: float, result: dict) -> None:
+  metrics_log.write(done, {f"eval/{k}": v for k, v in result.items()} | {"epoch": epoch})
+  logging.info(
+    "step %d (epoch %.2f): test accuracy %.4f, test loss %.4f (%d examples)",
+    done,
+    epoch,
+    result["accuracy"],
+    result["loss"],
+    result["count"],
+  )
+
+
+def _save(manager, state, done: int, last_good: int | None) -> None:
+  """Saves the state as checkpoint `done` after checking that its parameters are finite."""
+  if not bool(_all_finite(state["params"])):
+    raise NonFiniteLossError(
+      f"the parameters became NaN or infinite by step {done}; the run stopped and "
+      f"{_kept(last_good)}"
+    )
+  manager.save(done, args=ocp.args.StandardSave(state))
