@@ -43,7 +43,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
       echo "error: $standin has no $split.npz (the JPEG npz pair: jpeg, offsets, labels)" >&2
       exit 2
     fi
-    cp "$standin/$split.npz" data_cache/cifar10-jpeg/
+    install -m 0644 "$standin/$split.npz" data_cache/cifar10-jpeg/
   done
   if [[ -f "$standin/SHA256SUMS" ]]; then
     (cd data_cache/cifar10-jpeg && grep -E ' (train|test)\.npz$' "$standin/SHA256SUMS" | sha256sum -c --quiet)
@@ -82,14 +82,17 @@ if ! "$PYTHON" -c "import ml_collections" 2>/dev/null; then
     echo "error: ml_collections is missing and $WHEELS/ holds no wheel; run launch/gpu_run.sh --prepare STANDIN_DIR where pip reaches PyPI and carry $WHEELS" >&2
     exit 2
   fi
+  # Into the environment; where that is read-only, into $WORK/site (on PYTHONPATH below).
   # shellcheck disable=SC2086
-  "$PYTHON" -m pip install --quiet --no-index --no-deps --find-links "$WHEELS" $MISSING_WHEELS
+  "$PYTHON" -m pip install --quiet --no-index --no-deps --find-links "$WHEELS" $MISSING_WHEELS \
+    || "$PYTHON" -m pip install --quiet --no-index --no-deps --find-links "$WHEELS" \
+      --target "$WORK/site" $MISSING_WHEELS
 fi
 if ! (cd / && "$PYTHON" -c "import bnn_jax" 2>/dev/null); then
   "$PYTHON" -m pip install --quiet --no-index --no-deps --no-build-isolation -e . \
     || echo "warning: pip could not install the package; it runs from $root (PYTHONPATH)"
 fi
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$root:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 # Compiled programs are kept: a resumed run, a second seed and the next call skip compiling.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$WORK/jax_cache}"
 
