@@ -1,6 +1,6 @@
 """Binarizers with hand-written gradients (jax.custom_vjp); pure jax, no flax.
 
-Trained binarization (Xu & Cheung, BMVC 2019), as specified in PAPER.md:
+Trained binarization (Xu & Cheung, BMVC 2019), as docs/method.md describes it:
 
 * activations: ``a_b = beta * H(x)`` with the unit step ``H(x) = 1 if x > 0 else 0``
   (``mode="step"``), or ``beta * (2 H(x) - 1)`` with values {-beta, +beta} (``mode="sign"``);

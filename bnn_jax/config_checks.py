@@ -18,6 +18,16 @@ _NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
 _FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 _ANY = (lambda v: True, "")
 
+
+def _increasing_epochs(values) -> bool:
+  numbers_ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+  return (
+    numbers_ok and all(v >= 0 for v in values) and all(a < b for a, b in zip(values, values[1:]))
+  )
+
+
+_EPOCH_LIST = (_increasing_epochs, "a tuple of epochs >= 0 in increasing order, e.g. (100, 150)")
+
 # dotted key -> (type, (predicate, what is allowed))
 _RULES = {
   "seed": (int, _ANY),
@@ -25,6 +35,7 @@ _RULES = {
   "model.binary": (bool, _ANY),
   "model.width": (float, _POSITIVE),
   "model.final_activation": (str, _choice("relu", "binary")),
+  "model.binary_weights": (bool, _ANY),
   "binary.weight_estimator": (str, _choice(*binary.ESTIMATORS)),
   "binary.weight_scale": (str, _choice(*layers.WEIGHT_SCALES)),
   "binary.weight_scale_per": (str, _choice(*layers.SCALE_GRANULARITIES)),
@@ -45,12 +56,19 @@ _RULES = {
   "optimizer.momentum": (float, _FRACTION),
   "optimizer.schedule": (str, _choice(*optim.SCHEDULES)),
   "optimizer.warmup_epochs": (float, _NON_NEGATIVE),
+  "optimizer.decay_epochs": (tuple, _EPOCH_LIST),
   "optimizer.decay_factor": (float, _POSITIVE),
   "optimizer.weight_decay": (float, _NON_NEGATIVE),
   "optimizer.scale_l2": (float, _NON_NEGATIVE),
   "optimizer.scale_l2_mode": (str, _choice(*optim.SCALE_L2_MODES)),
   "optimizer.clip_latent_weights": (bool, _ANY),
   "optimizer.grad_clip_norm": (float, _NON_NEGATIVE),
+  "optimizer.label_smoothing": (float, _FRACTION),
+  "optimizer.latent_weight_decay": (float, _NON_NEGATIVE),
+  "distill.teacher_workdir": (str, _ANY),
+  "distill.weight": (float, (lambda v: 0 <= v <= 1, "a number in [0, 1]")),
+  "distill.temperature": (float, _POSITIVE),
+  "init.from_workdir": (str, _ANY),
   "batch_size": (int, _POSITIVE),
   "eval_batch_size": (int, _POSITIVE),
   "num_epochs": (float, _POSITIVE),
@@ -169,7 +187,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
 def _check_model_options(config) -> None:
   options = models.model_options(config.model.name)
   for key in config.model:
-    if key not in ("name", "binary") and key not in options:
+    if key not in models.KIT_KEYS and key not in options:
       raise InputError(
         f"config.model.{key} is not an option of model {config.model.name!r}; its options are: "
         f"{', '.join(options)}"
@@ -206,4 +224,11 @@ def check_against_data(config: ml_collections.ConfigDict, num_train: int) -> Non
   if config.batch_size > num_train:
     raise InputError(
       f"config.batch_size = {config.batch_size} is larger than the {num_train} training examples"
+    )
+  steps_per_epoch = num_train // config.batch_size
+  if optim.steps_from_epochs(config.num_epochs, steps_per_epoch) < 1:
+    raise InputError(
+      f"config.num_epochs = {config.num_epochs} trains 0 steps ({num_train} training examples "
+      f"at batch {config.batch_size} make {steps_per_epoch} steps an epoch); it must be at "
+      f"least {1 / steps_per_epoch:.3g} (one step)"
     )

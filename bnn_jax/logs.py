@@ -2,10 +2,12 @@
 
 
 class _QuietLibraries:
-  """Drops INFO records of orbax and tensorflow-datasets; they log every file they touch."""
+  """Drops INFO records of libraries that log what only their developers need: orbax and
+  tensorflow-datasets (every file they touch), jax (e.g. "Unable to initialize backend 'tpu'"
+  on every machine without a TPU)."""
 
   def filter(self, record) -> bool:
-    noisy = ("/orbax/", "/tensorflow_datasets/", "/etils/")
+    noisy = ("/orbax/", "/tensorflow_datasets/", "/etils/", "/jax/_src/", "/jaxlib/")
     return record.levelno > 20 or not any(n in record.pathname for n in noisy)
 
 

@@ -4,13 +4,14 @@ python -m bnn_jax.main --config=configs/vgg_small.py --workdir=DIR [--config.KEY
 
 Several processes (launch/): the same command on every process; add --coordinator_address,
 --num_processes and --process_id where the cluster is not detected (bnn_jax.distributed).
+Bad input (a config, a flag, a data file, the workdir) ends the program with one sentence on
+stderr and exit status 2 (bnn_jax.cli); the config file, its overrides and the workdir are
+checked before jax is imported.
 """
 
-import sys
+from absl import flags, logging
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
+from bnn_jax import cli
 from bnn_jax.errors import InputError
 from bnn_jax.logs import quiet_library_logs
 
@@ -18,7 +19,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
   "workdir", None, "Where checkpoints, metrics and the config go; rerun to resume."
 )
-config_flags.DEFINE_config_file("config", None, "A config file from configs/.", lock_config=True)
+cli.define_config_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 flags.DEFINE_enum(
   "distributed",
@@ -32,36 +33,35 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process 
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 
 
-def main(argv):
+def main(argv, config):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise InputError(
+      f"unexpected arguments {' '.join(argv[1:])!r}; settings are flags, e.g. --config.KEY=VALUE"
+    )
+  cli.check_workdir(FLAGS.workdir)
   quiet_library_logs()
   # Import after flag parsing: jax picks up XLA_FLAGS and the platform when first imported.
-  from bnn_jax import distributed
+  from bnn_jax import config_checks, distributed
 
-  try:
-    distributed.initialize(
-      FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-    )
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  distributed.initialize(
+    FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+  )
   import jax
 
+  # The config's values, before the training code (orbax, optax, tensorboard) is imported.
+  config_checks.check_config(config, jax.device_count())
   from bnn_jax import train
 
   if jax.process_index() > 0:  # logs come from process 0; the others report only problems
     logging.set_verbosity(logging.WARNING)
-  logging.info("config:\n%s", FLAGS.config)
+  logging.info("%s", train.describe_run(config, FLAGS.workdir))
   try:
-    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (InputError, train.NonFiniteLossError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    result = train.train_and_evaluate(config, FLAGS.workdir)
+  except train.NonFiniteLossError as e:  # the run's outcome, not a crash: one sentence too
+    cli.fail(e)
   if jax.process_index() == 0:
     print(f"final test accuracy {result['accuracy']:.4f} ({result['count']} examples)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, with_config=True)

@@ -96,6 +96,26 @@ def binary_kit(cfg: ml_collections.ConfigDict, dtype=None) -> LayerKit:
   return LayerKit(conv=conv, dense=dense, activation=activation, binary=True, dtype=dtype)
 
 
+def binary_activation_kit(cfg: ml_collections.ConfigDict, dtype=None) -> LayerKit:
+  """Float weights, binary activations: the binary kit with float_kit's convolutions and dense.
+
+  Stage 1 of two-stage training. Where the binary net has a binary layer this one has a plain
+  NNX layer whose kernel (an nnx.Param, same name `kernel`, same shape) stage 2 loads as its
+  latent weights; there are no weight scales alpha. The activations are the binary kit's.
+  """
+  fp = float_kit(dtype)
+  return dataclasses.replace(binary_kit(cfg, dtype), conv=fp.conv, dense=fp.dense)
+
+
+def make_kit(config: ml_collections.ConfigDict, dtype=None) -> LayerKit:
+  """The kit config.model selects: binary (binary_weights True or False) or float."""
+  if not config.model.binary:
+    return float_kit(dtype)
+  if config.model.get("binary_weights", True):  # absent in runs saved before the switch
+    return binary_kit(config.binary, dtype)
+  return binary_activation_kit(config.binary, dtype)
+
+
 def batch_norm(features: int, rngs: nnx.Rngs, dtype=None) -> nnx.BatchNorm:
   """BatchNorm with momentum 0.9; statistics and affine terms stay float32."""
   return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
@@ -180,7 +200,7 @@ ALEXNET_HIDDEN = 4096
 
 
 class AlexNet(nnx.Module):
-  """AlexNet, XNOR-Net style with BatchNorm (PAPER.md): no LRN, no groups, no dropout.
+  """AlexNet, XNOR-Net style with BatchNorm (docs/method.md): no LRN, no groups, no dropout.
 
   Exact order (convs without bias; "pool" = 3x3 max-pool, stride 2, VALID):
     conv1 (11x11, stride 4, padding 2, full precision) -> pool -> bn1 -> act1 ->
@@ -253,7 +273,7 @@ _PAD1 = ((1, 1), (1, 1))
 
 
 class ResNetBlock(nnx.Module):
-  """Pre-activation basic block (PAPER.md: BN -> bin-act -> bconv, residual add); 3x3 convs.
+  """Pre-activation basic block (docs/method.md: BN -> bin-act -> bconv, residual add); 3x3 convs.
 
   shortcut="block" (one shortcut per two convs):
     h = conv1(act1(bn1(x)));  y = conv2(act2(bn2(h))) + skip(x)
@@ -316,7 +336,7 @@ RESNET18_STAGES = (64, 128, 256, 512)
 
 
 class ResNet18(nnx.Module):
-  """ResNet-18 (pre-activation basic blocks, PAPER.md), full-precision stem and final dense.
+  """ResNet-18 (pre-activation basic blocks, docs/method.md), full-precision stem and final dense.
 
   Exact order:
     stem_conv (7x7, stride 2, padding 3, full precision) -> stem_bn -> ReLU ->
@@ -385,16 +405,18 @@ def binary_layer_names(model: nnx.Module) -> list[str]:
 
 
 MODELS = {"vgg_small": VGGSmall, "alexnet": AlexNet, "resnet18": ResNet18}
+# config.model keys that choose the layer kit (make_kit), not constructor options of a model.
+KIT_KEYS = ("name", "binary", "binary_weights")
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int, image_shape, rngs):
-  """Builds config.model.name with the kit config.model.binary selects."""
+  """Builds config.model.name with the kit config.model.binary (and binary_weights) selects."""
   name = config.model.name
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")
   dtype = jnp.bfloat16 if config.get("compute_dtype", "float32") == "bfloat16" else None
-  kit = binary_kit(config.binary, dtype) if config.model.binary else float_kit(dtype)
-  kwargs = {k: v for k, v in config.model.items() if k not in ("name", "binary")}
+  kit = make_kit(config, dtype)
+  kwargs = {k: v for k, v in config.model.items() if k not in KIT_KEYS}
   allowed = model_options(name)
   unknown = sorted(set(kwargs) - set(allowed))
   if unknown:

@@ -4,9 +4,10 @@ Order of the chain (each part only where the config enables it):
   1. clip the global gradient norm;
   2. coupled scale L2: add 2 * scale_l2 * alpha to the gradient of every weight scale alpha
      (layers.WeightScale; activation scales beta are not penalized), the
-     gradient of `scale_l2 * sum(alpha ** 2)` in the loss (PAPER.md);
+     gradient of `scale_l2 * sum(alpha ** 2)` in the loss (the paper's form, docs/method.md);
   3. weight decay (L2 in the gradient) on full-precision kernels only: not on latent binary
-     weights, scales, biases or BatchNorm;
+     weights, scales, biases or BatchNorm; and, with its own rate (latent_weight_decay, 0 = off),
+     on latent binary weights: it pulls them toward 0, where their signs flip easily;
   4. Adam or SGD with momentum;
   5. decoupled scale L2 (AdamW style): the same 2 * scale_l2 * alpha added after the optimizer's
      normalization, so it shrinks alpha by lr * 2 * scale_l2 * alpha per step;
@@ -106,6 +107,11 @@ def make(config: ml_collections.ConfigDict, steps_per_epoch: int):
   if opt.weight_decay > 0:
     parts.append(
       optax.masked(optax.add_decayed_weights(opt.weight_decay), type_mask(is_float_kernel))
+    )
+  latent_weight_decay = opt.get("latent_weight_decay", 0.0)  # absent in runs saved before it
+  if latent_weight_decay > 0:
+    parts.append(
+      optax.masked(optax.add_decayed_weights(latent_weight_decay), type_mask(is_latent_weight))
     )
   if opt.name == "adam":
     parts.append(optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps))

@@ -16,58 +16,118 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
 from bnn_jax import config_checks, layers, optim, run
-from bnn_jax.checkpointing import checkpoint_manager, restore_latest
+from bnn_jax.checkpointing import Checkpoints
 from bnn_jax.data import DataSpec, in_memory, normalize, open_feed
+
+# ----------------------------------------------------------------------------- losses
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+  """Per-example cross-entropy [B] of logits [B, K] against integer labels [B].
+
+  With smoothing e > 0 the targets are q = (1 - e) * onehot(label) + e / K (label smoothing):
+  -sum_k q_k log softmax(logits)_k.
+  """
+  if smoothing == 0:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  return optax.softmax_cross_entropy(logits, optax.smooth_labels(onehot, smoothing))
+
+
+def distillation_loss(
+  student_logits: jax.Array, teacher_logits: jax.Array, temperature: float
+) -> jax.Array:
+  """Per-example T^2 * KL(softmax(teacher / T) || softmax(student / T)) [B], logits [B, K].
+
+  KL(p || q) = sum_k p_k (log p_k - log q_k). T^2 keeps the gradient's size independent of T
+  (Hinton et al. 2015).
+  """
+  log_p = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+  log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+  return temperature**2 * jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def training_loss(logits, labels, teacher_logits, optimizer, distill) -> tuple[jax.Array, dict]:
+  """(the loss minimized, its parts {"ce", and "kd" with a teacher}), means over the batch.
+
+  Without a teacher (teacher_logits None): the cross-entropy against labels smoothed by
+  optimizer.label_smoothing. With one, w = distill.weight and T = distill.temperature:
+    loss = (1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+  "ce" is always against the hard labels (comparable between recipes).
+  """
+  smoothing = optimizer.get("label_smoothing", 0.0)
+  ce = cross_entropy(logits, labels).mean()
+  loss = ce if smoothing == 0 else cross_entropy(logits, labels, smoothing).mean()
+  if teacher_logits is None:
+    return loss, {"ce": ce}
+  kd = distillation_loss(logits, teacher_logits, distill.temperature).mean()
+  return (1 - distill.weight) * loss + distill.weight * kd, {"ce": ce, "kd": kd}
+
 
 # ----------------------------------------------------------------------------- steps
 
 
-def make_update(graphdef, tx, schedule, config, spec: DataSpec) -> Callable:
-  """update(state, images uint8 [B,H,W,C], labels int [B]) -> (state, metrics); pure.
+def make_update(graphdef, tx, schedule, config, spec: DataSpec, teacher_graphdef=None) -> Callable:
+  """update(state, images uint8 [B,H,W,C], labels int [B], teacher=None) -> (state, metrics).
 
-  With config.grad_accum_steps = k > 1 the batch runs as k microbatches one after the other
-  (example i in microbatch i % k, so no example changes device) and the update uses the mean
-  of their gradients: a large global batch on small hardware. BatchNorm normalizes each
+  Pure. With config.grad_accum_steps = k > 1 the batch runs as k microbatches one after the
+  other (example i in microbatch i % k, so no example changes device) and the update uses the
+  mean of their gradients: a large global batch on small hardware. BatchNorm normalizes each
   microbatch by its own statistics and updates its running averages k times.
+
+  Distillation: `teacher` is {"params", "rest"} of the model `teacher_graphdef` describes (an
+  argument of the jitted step, not donated). Its logits are computed here, in eval mode and
+  without gradient, on the same (augmented) images; the loss is training_loss's.
   """
   scale_l2 = config.optimizer.scale_l2
   accum = config.get("grad_accum_steps", 1)
 
-  def loss_fn(params, rest, images, labels):
+  def teacher_logits(teacher, x):
+    if teacher is None:
+      return None
+    model = nnx.merge(teacher_graphdef, teacher["params"], teacher["rest"])
+    return jax.lax.stop_gradient(model(x, train=False).astype(jnp.float32))
+
+  def loss_fn(params, rest, images, labels, teacher):
     # Fresh Variable objects at this trace level: BatchNorm mutates its statistics here.
     rest = jax.tree.map(lambda x: x, rest)
     model = nnx.merge(graphdef, params, rest)
-    logits = model(normalize(images, spec), train=True)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    x = normalize(images, spec)
+    logits = model(x, train=True)
+    loss, parts = training_loss(
+      logits, labels, teacher_logits(teacher, x), config.optimizer, config.get("distill")
+    )
     rest = nnx.split(model, nnx.Param, ...)[2]
-    return ce, (jnp.mean(jnp.argmax(logits, -1) == labels), rest)
+    return loss, (parts, jnp.mean(jnp.argmax(logits, -1) == labels), rest)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def accumulated_grad_fn(params, rest, images, labels):
+  def accumulated_grad_fn(params, rest, images, labels, teacher):
     def microbatches(x):  # [B, ...] -> [k, B/k, ...]
       return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
 
     def body(carry, batch):
       rest, grad_sum = carry
-      (ce, (accuracy, rest)), grads = grad_fn(params, rest, *batch)
-      return (rest, jax.tree.map(jnp.add, grad_sum, grads)), (ce, accuracy)
+      (loss, (parts, accuracy, rest)), grads = grad_fn(params, rest, *batch, teacher)
+      return (rest, jax.tree.map(jnp.add, grad_sum, grads)), (loss, parts, accuracy)
 
     carry = (rest, jax.tree.map(jnp.zeros_like, params))
-    (rest, grad_sum), (ce, accuracy) = jax.lax.scan(
+    (rest, grad_sum), (loss, parts, accuracy) = jax.lax.scan(
       body, carry, (microbatches(images), microbatches(labels))
     )
     grads = jax.tree.map(lambda g: g / accum, grad_sum)
-    return (ce.mean(), (accuracy.mean(), rest)), grads
+    parts = jax.tree.map(jnp.mean, parts)
+    return (loss.mean(), (parts, accuracy.mean(), rest)), grads
 
-  def update(state, images, labels):
+  def update(state, images, labels, teacher=None):
     compute = grad_fn if accum == 1 else accumulated_grad_fn
-    (ce, (accuracy, rest)), grads = compute(state["params"], state["rest"], images, labels)
+    (loss, (parts, accuracy, rest)), grads = compute(
+      state["params"], state["rest"], images, labels, teacher
+    )
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     old = layers.values_of_type(state["params"], layers.LatentWeight)
@@ -75,8 +135,8 @@ def make_update(graphdef, tx, schedule, config, spec: DataSpec) -> Callable:
     flips = sum((jnp.sum(jnp.signbit(a) != jnp.signbit(b)) for a, b in zip(old, new)), 0)
     latent = sum((a.size for a in old), 0)
     metrics = {
-      "ce": ce,
-      "loss": ce + optim.scale_l2_penalty(state["params"], scale_l2),
+      **parts,  # "ce" (hard labels), "kd" (distillation)
+      "loss": loss + optim.scale_l2_penalty(state["params"], scale_l2),
       "accuracy": accuracy,
       "learning_rate": schedule(state["step"]),
       "grad_norm": optax.global_norm(grads),
@@ -118,19 +178,43 @@ class NonFiniteLossError(FloatingPointError):
   """The loss or the parameters became NaN or infinite; the message names the step."""
 
 
+def describe_run(config: ml_collections.ConfigDict, workdir) -> str:
+  """One log line: what a run trains, how, and where (the whole config goes to config.json)."""
+  opt = config.optimizer
+  stop = f", stopping at step {config.max_steps}" if config.max_steps else ""
+  return (
+    f"{config.model.name} ({'binary' if config.model.binary else 'float'}, width "
+    f"{config.model.width:g}) on {config.data.name}: {config.num_epochs:g} epochs{stop}, batch "
+    f"{config.batch_size}, {opt.name} lr {opt.learning_rate:g} ({opt.schedule}); workdir "
+    f"{workdir} (the full config: its config.json)"
+  )
+
+
 class Progress:
-  """Logs every log_every steps: losses, images/s, steps/s and the time left."""
+  """Logs every log_every steps: a bar, step/total, train loss and accuracy, speed, time left.
+
+  The speed (images/s, steps/s) counts training only: the first step of a run (which waits for
+  the compilation) and the pauses for evaluation and checkpoints are left out. Time left is the
+  remaining steps at the training speed so far plus the remaining pauses at the mean length of
+  those so far, the first left out (it compiles the evaluation); until a second pause is
+  measured the line names the number of pauses still to come instead.
+  """
 
   def __init__(self, config, start: int, stop: int, metrics_log: run.MetricsLog):
     self.batch_size, self.start, self.stop, self.log = config.batch_size, start, stop, metrics_log
-    self.pending, self.window = [], (time.time(), start)
+    self.checkpoint_every = config.checkpoint_every_steps
+    self.eval_every = stop  # set by announce, which knows the epoch length
+    self.pending, self.window = [], None  # window: (time, step) since which speed is measured
     self.train_seconds, self.trained_steps = 0.0, 0
+    self.started, self.flushed_at, self.pauses = time.time(), time.time(), []
 
   def announce(self, config, num_train: int, steps_per_epoch: int, total_steps: int) -> None:
+    # The loop's evaluation interval (train._train), for the pauses still to come.
+    self.eval_every = max(1, optim.steps_from_epochs(config.eval_every_epochs, steps_per_epoch))
     logging.info(
       "Training %s (%s) on %s: %d examples, %d steps/epoch, steps %d..%d of %d, %d devices.",
       config.model.name,
-      "binary" if config.model.binary else "float",
+      _variant(config),
       config.data.name,
       num_train,
       steps_per_epoch,
@@ -142,11 +226,18 @@ class Progress:
 
   def add(self, step: int, metrics, steps: int = 1) -> None:
     """Keeps the device metrics of a call that ran `steps` steps ending at `step`."""
+    if self.window is None:  # the first call waits for the compilation: time it apart
+      jax.block_until_ready(metrics)
+      now = time.time()
+      logging.info("step %d: compiled and ran in %.1f s", step, now - self.started)
+      self.window = (now, step)
     self.pending.append((step, steps, metrics))
 
   def pause(self) -> None:
-    """Keeps eval and checkpoint time out of the training speed."""
-    self.window = (time.time(), self.window[1])
+    """Keeps eval and checkpoint time out of the training speed; measures it for time left."""
+    now = time.time()
+    self.pauses.append(now - self.flushed_at)
+    self.window = (now, self.window[1])
 
   def flush(self, last_good: int | None) -> dict[str, float]:
     """Fetches the pending per-step metrics (one transfer), checks them and logs their mean."""
@@ -161,12 +252,11 @@ class Progress:
           f"the training loss became {float(m['loss'])} at step {step}; the run stopped and "
           f"{_kept(last_good)}"
         )
-    done = steps[-1]
-    seconds = time.time() - self.window[0]
+    done, now = steps[-1], time.time()
+    seconds, measured = now - self.window[0], done - self.window[1]
     self.train_seconds += seconds
-    self.trained_steps += done - self.window[1]
-    steps_per_sec = (done - self.window[1]) / max(seconds, 1e-9)
-    self.window = (time.time(), done)
+    self.trained_steps += measured
+    self.window = (now, done)
     mean = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
     # Every step's loss, for exact comparisons in tests; one append for them all.
     self.log.write_rows(
@@ -175,27 +265,60 @@ class Progress:
         for s, v in zip(steps, values)
       ]
     )
-    images_per_sec = steps_per_sec * self.batch_size
-    self.log.write(
-      done,
-      {f"train_mean/{k}": v for k, v in mean.items()} | {"train/images_per_sec": images_per_sec},
-    )
-    overall = self.trained_steps / max(self.train_seconds, 1e-9)
-    left = (self.stop - done) / max(overall, 1e-9)
+    speed, rates = "", {}
+    if measured:  # none when only the first (compiling) call ran since the last log
+      steps_per_sec = measured / max(seconds, 1e-9)
+      rates = {"train/images_per_sec": steps_per_sec * self.batch_size}
+      speed = f", {rates['train/images_per_sec']:.0f} images/s ({steps_per_sec:.2f} steps/s)"
+    self.log.write(done, {f"train_mean/{k}": v for k, v in mean.items()} | rates)
     share = done / self.stop
     bar = "#" * int(20 * share) + "." * (20 - int(20 * share))
     logging.info(
-      "[%s] step %d/%d: loss %.4f, accuracy %.4f, %.0f images/s (%.2f steps/s), %s left",
+      "[%s] step %d/%d: train loss %.4f, train accuracy %.4f%s, %s",
       bar,
       done,
       self.stop,
       mean["loss"],
       mean["accuracy"],
-      images_per_sec,
-      steps_per_sec,
-      _duration(left),
+      speed,
+      self.time_left(done),
     )
+    self.flushed_at = time.time()
     return mean
+
+  def time_left(self, done: int) -> str:
+    """The remaining training at the speed so far, plus the evaluations and checkpoints."""
+    if done >= self.stop:
+      return "done"
+    if not self.trained_steps:
+      return "time left known from the next log line"
+    train = (self.stop - done) * self.train_seconds / self.trained_steps
+    # The loop flushes before it evaluates or saves: a pause at `done` is still to come.
+    pauses = _pauses_between(done - 1, self.stop, self.eval_every, self.checkpoint_every)
+    usual = self.pauses[1:]  # the first pause also compiles the evaluation: not a usual one
+    if not usual:
+      plural = "s" if pauses > 1 else ""
+      return f"{_duration(train)} left, plus {pauses} evaluation{plural} or checkpoint{plural}"
+    return f"{_duration(train + pauses * sum(usual) / len(usual))} left"
+
+
+def _pauses_between(done: int, stop: int, eval_every: int, checkpoint_every: int) -> int:
+  """Steps in (done, stop] at which the loop evaluates or saves (always at stop)."""
+
+  def multiples(every):
+    return stop // every - done // every
+
+  both = math.lcm(eval_every, checkpoint_every)
+  count = multiples(eval_every) + multiples(checkpoint_every) - multiples(both)
+  return count + (stop % eval_every != 0 and stop % checkpoint_every != 0)
+
+
+def _variant(config) -> str:
+  if not config.model.binary:
+    return "float"
+  return (
+    "binary" if config.model.get("binary_weights", True) else "binary activations, float weights"
+  )
 
 
 def _rows(metrics, steps: int) -> list[dict]:
@@ -242,27 +365,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   feed = open_feed(config, mesh)
   config_checks.check_against_data(config, feed.num_train)
   run.check_model_fits(config, feed.spec)
+  sources = _open_sources(config, workdir, feed)  # bad teacher or stage-1 folders fail here
   with run.locked(workdir):
     run.prepare_workdir(workdir, config, feed.spec)
-    return _train(config, workdir, feed, mesh)
+    return _train(config, workdir, feed, mesh, sources)
 
 
-def _train(config, workdir: pathlib.Path, feed, mesh) -> dict[str, float]:
+def _open_sources(config, workdir: pathlib.Path, feed) -> dict:
+  """The other runs this one reads, restored: {"teacher": ..., "init": ...} (None where off).
+
+  The init run (config.init.from_workdir) only where workdir has no checkpoint of its own.
+  """
+  sources = {"teacher": None, "init": None}
+  if config.distill.teacher_workdir:
+    sources["teacher"] = run.open_source_run(
+      "distill.teacher_workdir", config, feed.spec, feed.num_train
+    )
+  if config.init.from_workdir and not run.has_checkpoint(workdir):
+    sources["init"] = run.open_source_run("init.from_workdir", config, feed.spec, feed.num_train)
+  return sources
+
+
+def _init_from_source(config, state, source, feed, mesh) -> dict:
+  """state with the parameters of config.init.from_workdir's run (restored here if not yet)."""
+  if source is None:  # this workdir's own checkpoints were all unreadable
+    source = run.open_source_run("init.from_workdir", config, feed.spec, feed.num_train)
+  state, copied, fresh = run.init_from_run(state, source[3], config.binary.weight_scale_init, mesh)
+  logging.info(
+    "Initialized from %s (step %d): %d variables copied; fresh: %s.",
+    config.init.from_workdir,
+    int(jax.device_get(source[3]["step"])),
+    len(copied),
+    ", ".join(".".join(n) for n in fresh) or "none",
+  )
+  return state
+
+
+def _teacher(source, mesh) -> tuple[object, dict | None]:
+  """(graphdef, {"params", "rest"} replicated over mesh) of a restored teacher run, or Nones."""
+  if source is None:
+    return None, None
+  _, _, graphdef, state = source
+  logging.info("Distilling from a teacher at step %d.", int(jax.device_get(state["step"])))
+  return graphdef, run.replicated({"params": state["params"], "rest": state["rest"]}, mesh)
+
+
+def _train(config, workdir: pathlib.Path, feed, mesh, sources) -> dict[str, float]:
   """The loop of train_and_evaluate, in a prepared and locked workdir."""
   steps_per_epoch = feed.num_train // config.batch_size
   total_steps = optim.steps_from_epochs(config.num_epochs, steps_per_epoch)
-  stop = min(total_steps, config.max_steps) if config.max_steps else total_steps
+  stop = run.stop_step(config, feed.num_train)
   eval_every = max(1, optim.steps_from_epochs(config.eval_every_epochs, steps_per_epoch))
   tx, schedule = optim.make(config, steps_per_epoch)
   graphdef, state = run.init_state(config, feed.spec, tx, mesh)
-  manager = checkpoint_manager(workdir, config.keep_checkpoints)
-  state, manager = restore_latest(manager, state, workdir, config.keep_checkpoints)
+  manager = Checkpoints(workdir, config.keep_checkpoints)  # seals each finished save
+  state = manager.restore_latest(state)
   start = int(jax.device_get(state["step"]))
   last_good = start if start else None
+  if start == 0 and config.init.from_workdir:
+    state = _init_from_source(config, state, sources["init"], feed, mesh)
+  teacher_graphdef, teacher = _teacher(sources["teacher"], mesh)
+  sources.clear()  # the restored runs' single-device copies are no longer needed
 
-  train_step = _train_step(
-    feed, make_update(graphdef, tx, schedule, config, feed.spec), start, config
-  )
+  update = make_update(graphdef, tx, schedule, config, feed.spec, teacher_graphdef)
+  train_step = _train_step(feed, update, start, teacher, config)
   evaluate = feed.evaluator(make_eval_sums(graphdef, feed.spec))
   metrics_log = run.MetricsLog(workdir)
   metrics_log.start_at(start)
@@ -293,11 +459,11 @@ def _train(config, workdir: pathlib.Path, feed, mesh) -> dict[str, float]:
   return result
 
 
-def _train_step(feed, update, start: int, config) -> Callable:
+def _train_step(feed, update, start: int, teacher, config) -> Callable:
   """step(state, steps) -> (state, metrics): `steps` <= config.steps_per_call train steps."""
   if isinstance(feed, in_memory.InMemoryFeed):
-    return feed.train_step(update, start, config.steps_per_call)
-  step = feed.train_step(update, start)  # host-fed: one step a call (config_checks)
+    return feed.train_step(update, start, teacher, config.steps_per_call)
+  step = feed.train_step(update, start, teacher)  # host-fed: one step a call (config_checks)
   return lambda state, steps: step(state)
 
 
@@ -320,4 +486,4 @@ def _save(manager, state, done: int, last_good: int | None) -> None:
       f"the parameters became NaN or infinite by step {done}; the run stopped and "
       f"{_kept(last_good)}"
     )
-  manager.save(done, args=ocp.args.StandardSave(state))
+  manager.save(done, state)

@@ -7,7 +7,7 @@ Command (about an hour on a shared 2-core CPU: 10 variants x 3 seeds, about 2 mi
 `get_config()` is the base every variant starts from: a binary VGG-Small of width 1/8
 (channels 16, 16, 32, 32, 64, 64) trained for one epoch on the first 30,000 training images
 (234 steps of 128) and evaluated on all 10,000 test images, with the paper's full recipe
-(PAPER.md, configs/base.py).
+(docs/method.md, configs/base.py).
 It derives from configs/base.py directly, not from configs/fashion_mnist.py, so that changing
 that config's default recipe does not change this table.
 

@@ -1,4 +1,4 @@
-"""Binary AlexNet on ImageNet with trained binarization (PAPER.md): the paper's 46.1 % top-1.
+"""Binary AlexNet on ImageNet with trained binarization (docs/method.md): the paper's 46.1 % top-1.
 
 Command (one process; launch/ runs it on several GPUs, a SLURM cluster or a TPU pod slice):
   python -m bnn_jax.main --config=configs/alexnet_imagenet.py --workdir=/tmp/alexnet_imagenet \

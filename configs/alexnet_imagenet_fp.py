@@ -4,7 +4,7 @@ Command:
   python -m bnn_jax.main --config=configs/alexnet_imagenet_fp.py \
     --workdir=/tmp/alexnet_imagenet_fp --config.data.tfds_data_dir=DATA
 
-The same network (ReLU activations) and recipe as the binary run. Expected: PAPER.md gives no
+The same network (ReLU activations) and recipe as the binary run. Expected: the paper gives no
 full-precision ImageNet figure; torchvision's AlexNet (no BatchNorm, its own recipe) reaches
 56.5 % top-1, a reference rather than a target. NOT RUN HERE (one step on mock data in
 tests/test_imagenet_input.py only).

@@ -1,7 +1,7 @@
-"""The common base of every config: the paper's recipe (PAPER.md) with every switch named.
+"""The common base of every config: the paper's recipe (docs/method.md) with every switch named.
 
 Experiment configs start from `get_config()` here and change what differs. Every [R] choice of
-PAPER.md is a value below that can be overridden from the command line, e.g.
+docs/method.md is a value below that can be overridden from the command line, e.g.
 `--config.binary.weight_estimator=ste`.
 """
 
@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.binary = True  # False: the same network in full precision with ReLU
   c.model.width = 1.0  # channel multiplier
   c.model.final_activation = "relu"  # before the final dense layer: "relu" or "binary"
+  # With model.binary: True = binary weights; False = float weights with binary activations
+  # (stage 1 of two-stage training, configs/vgg_small_two_stage.py). Ignored by float models.
+  c.model.binary_weights = True
 
   c.binary = ml_collections.ConfigDict()
   c.binary.weight_estimator = "higher_order"  # bnn_jax.binary.ESTIMATORS
@@ -58,6 +61,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.scale_l2_mode = "coupled"  # "coupled" (in the gradient) or "decoupled" (AdamW)
   c.optimizer.clip_latent_weights = True  # latent binary weights kept in [-1, 1]
   c.optimizer.grad_clip_norm = 0.0  # 0 = off
+  c.optimizer.label_smoothing = 0.0  # e in [0, 1): targets (1 - e) * onehot + e / classes; 0 = off
+  c.optimizer.latent_weight_decay = 0.0  # L2 in the gradient on latent binary weights; 0 = off
+
+  # Knowledge distillation from a finished run of the same data (a float teacher, usually):
+  # loss = (1 - weight) * CE + weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher_workdir = ""  # the teacher's workdir; "" = off
+  c.distill.weight = 0.9  # in [0, 1]: the share of the KD term in the loss
+  c.distill.temperature = 4.0  # T > 0: softens both distributions
+
+  # Start from another run's parameters (stage 2 of two-stage training): every parameter and
+  # BatchNorm statistic whose path and shape match is copied, the rest starts fresh. Only when
+  # the workdir has no checkpoint of its own (a resumed run resumes from its own).
+  c.init = ml_collections.ConfigDict()
+  c.init.from_workdir = ""  # a finished run of the same data; "" = off
 
   c.batch_size = 128  # global, over all devices and processes
   c.eval_batch_size = 500

@@ -1,4 +1,4 @@
-"""configs/fashion_mnist.py with the paper's coupled L2 on alpha (PAPER.md, faithfully).
+"""configs/fashion_mnist.py with the paper's coupled L2 on alpha (docs/method.md, faithfully).
 
 Command:
   python -m bnn_jax.main --config=configs/fashion_mnist_paper.py --workdir=/tmp/fashion_mnist_paper

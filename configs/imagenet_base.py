@@ -25,8 +25,8 @@ def get_config():
   c.data.synthetic_train_size = 1_281_167  # as ImageNet's train split
   c.data.synthetic_eval_size = 50_000  # as ImageNet's validation split
 
-  # The recipe is not recovered from the paper [R]: Adam, cosine to 0, PAPER.md's lambda_alpha
-  # for ImageNet; light weight decay on the full-precision stem and head only.
+  # The recipe is not recovered from the paper [R]: Adam, cosine to 0, docs/method.md's
+  # lambda_alpha for ImageNet; light weight decay on the full-precision stem and head only.
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_epochs = 1.0
   c.optimizer.weight_decay = 5e-5

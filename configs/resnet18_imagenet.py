@@ -1,4 +1,4 @@
-"""Binary ResNet-18 on ImageNet with trained binarization (PAPER.md): the paper's 54.2 % top-1.
+"""Binary ResNet-18 on ImageNet, trained binarization (docs/method.md): the paper's 54.2 % top-1.
 
 Command (one process; launch/ runs it on several GPUs, a SLURM cluster or a TPU pod slice):
   python -m bnn_jax.main --config=configs/resnet18_imagenet.py --workdir=/tmp/resnet18_imagenet \

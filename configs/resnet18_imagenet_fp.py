@@ -4,7 +4,7 @@ Command:
   python -m bnn_jax.main --config=configs/resnet18_imagenet_fp.py \
     --workdir=/tmp/resnet18_imagenet_fp --config.data.tfds_data_dir=DATA
 
-The same network (pre-activation blocks, ReLU) and recipe as the binary run. Expected: PAPER.md
+The same network (pre-activation blocks, ReLU) and recipe as the binary run. Expected: the paper
 gives no full-precision ImageNet figure; torchvision's ResNet-18 reaches 69.8 % top-1 with its
 own recipe (SGD, 90 epochs), a reference rather than a target. NOT RUN HERE (one step on mock
 data in tests/test_imagenet_input.py only).

@@ -3,7 +3,7 @@
 Command:
   python -m bnn_jax.main --config=configs/vgg_small_fp.py --workdir=/tmp/vgg_small_fp
 
-Expected: about 93.8-94 % top-1 (PAPER.md); not yet measured here.
+Expected: about 93.8-94 % top-1 (docs/method.md); not yet measured here.
 """
 
 from configs import base

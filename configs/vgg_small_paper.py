@@ -1,4 +1,4 @@
-"""Binary VGG-Small on CIFAR-10 exactly as PAPER.md reads the paper: L2 on alpha in the loss.
+"""Binary VGG-Small on CIFAR-10 as docs/method.md reads the paper: L2 on alpha in the loss.
 
 Command:
   python -m bnn_jax.main --config=configs/vgg_small_paper.py --workdir=/tmp/vgg_small_paper

@@ -23,12 +23,10 @@ import importlib.util
 import json
 import math
 import pathlib
-import sys
 import time
 
 import ml_collections
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 from bnn_jax.errors import InputError
 from bnn_jax.logs import quiet_library_logs
@@ -38,9 +36,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Command-line flags, defined only when run as a program (modules share absl's flags)."""
-  config_flags.DEFINE_config_file(
-    "config", None, "A config file that defines get_config() and sweep().", lock_config=True
-  )
+  from bnn_jax import cli
+
+  cli.define_config_flag("A config file that defines get_config() and sweep().")
   flags.DEFINE_string("output", None, "Folder of the runs, the CSV and the plot; rerun to resume.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run every variant with.")
   flags.DEFINE_list("variants", [], "Names of the variants to run (default: all of sweep()).")
@@ -393,24 +391,29 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
 # ----------------------------------------------------------------------------- command line
 
 
-def main(argv):
+def main(argv, config):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise InputError(f"unexpected arguments {' '.join(argv[1:])!r}; settings are flags")
   quiet_library_logs()
   try:
     seeds = [int(s) for s in FLAGS.seeds]
   except ValueError:
-    print(f"error: --seeds={','.join(FLAGS.seeds)} must be integers, e.g. 0,1,2", file=sys.stderr)
-    sys.exit(2)
-  try:
-    path = config_flags.get_config_filename(FLAGS["config"])
-    variants = select(load_sweep(path), FLAGS.variants)
-    run_sweep(FLAGS.config, variants, seeds, FLAGS.output, train_missing=not FLAGS.collect_only)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    raise InputError(f"--seeds={','.join(FLAGS.seeds)} must be integers, e.g. 0,1,2") from None
+  variants = select(load_sweep(FLAGS.config), FLAGS.variants)
+  if FLAGS.collect_only and not any(
+    (run_dir(FLAGS.output, name, seed) / RESULT_FILE).exists()
+    for name, _ in variants
+    for seed in seeds
+  ):
+    raise InputError(
+      f"--output {FLAGS.output} holds no finished runs of these variants and seeds; "
+      f"--collect_only only reads finished runs (drop it to train them)"
+    )
+  run_sweep(config, variants, seeds, FLAGS.output, train_missing=not FLAGS.collect_only)
 
 
 if __name__ == "__main__":
+  from bnn_jax import cli
+
   define_flags()
-  app.run(main)
+  cli.run(main, with_config=True)

@@ -9,8 +9,15 @@
 # core of the machine (tf.data), TensorFlow never touches the GPUs. Rerun the same command to
 # resume from WORKDIR's last checkpoint.
 set -euo pipefail
+usage() {  # the comment block at the top of this file, without its '# '
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  usage
+  exit 0
+fi
 if [[ $# -lt 2 ]]; then
-  sed -n '2,11p' "$0"
+  usage
   exit 2
 fi
 config=$1

@@ -13,7 +13,23 @@
 # and restores the same orbax checkpoints. After a preemption or a lost worker, `run` again with
 # the same WORKDIR resumes from the last checkpoint.
 set -euo pipefail
-: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
+usage() {  # the comment block at the top of this file, without its '# '
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}
+case "${1:-}" in
+  create | setup | run | delete) ;;
+  -h | --help)
+    usage
+    exit 0
+    ;;
+  *)  # no or an unknown subcommand: the usage, before asking for TPU_NAME and ZONE
+    [[ -n ${1:-} ]] && echo "launch/tpu_pod.sh: unknown subcommand '$1'" >&2
+    usage
+    exit 2
+    ;;
+esac
+: "${TPU_NAME:?set TPU_NAME (and ZONE): see launch/tpu_pod.sh --help}"
+: "${ZONE:?set ZONE (and TPU_NAME): see launch/tpu_pod.sh --help}"
 ACCELERATOR_TYPE=${ACCELERATOR_TYPE:-v4-32}
 RUNTIME_VERSION=${RUNTIME_VERSION:-tpu-ubuntu2204-base}
 REMOTE_DIR=${REMOTE_DIR:-bnn_jax}
@@ -43,9 +59,5 @@ case "${1:-}" in
     ;;
   delete)
     gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet
-    ;;
-  *)
-    sed -n '2,15p' "$0"
-    exit 2
     ;;
 esac

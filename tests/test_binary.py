@@ -1,4 +1,4 @@
-"""Binarizers against the formulas of PAPER.md, on a grid that includes every breakpoint."""
+"""Binarizers against the formulas of docs/method.md, on a grid that includes every breakpoint."""
 
 import itertools
 

@@ -160,7 +160,9 @@ def test_infer_classifies_npz_and_image_files(trained, tmp_path, model_bytes):
   ds = in_memory.load(config.data)
   np.savez(tmp_path / "test.npz", images=ds.test_images[:10], labels=ds.test_labels[:10])
   Image.fromarray(ds.test_images[0]).save(tmp_path / "first.png")
-  done = run_module("bnn_jax.deploy.infer", model, tmp_path / "test.npz", tmp_path / "first.png")
+  done = run_module(
+    "bnn_jax.deploy.infer", "--per_image", model, tmp_path / "test.npz", tmp_path / "first.png"
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   lines = done.stdout.splitlines()
   expected = np.asarray(inference.Engine(inference.load(model)).logits(ds.test_images[:10]))
@@ -168,7 +170,7 @@ def test_infer_classifies_npz_and_image_files(trained, tmp_path, model_bytes):
   assert predicted == list(expected.argmax(-1))
   assert lines[10].startswith(f"{tmp_path / 'first.png'}: {expected[0].argmax()} ")
   accuracy = np.mean(expected.argmax(-1) == ds.test_labels[:10])
-  assert lines[11] == f"accuracy {accuracy:.4f} (10 labeled images)"
+  assert lines[12] == f"accuracy {accuracy:.4f} (10 labeled images)"  # after "11 images, ..."
 
 
 def test_infer_refuses_images_of_another_size(tmp_path, model_bytes):

@@ -15,7 +15,7 @@ def _vgg(test_config, binary, width=1.0, image_shape=(32, 32, 3)):
 
 
 def _weights_without_bn_and_scales(model):
-  """Conv and dense weights (dense bias included), BatchNorm and scales aside (PAPER.md)."""
+  """Conv and dense weights (dense bias included), BatchNorm and scales aside (docs/method.md)."""
   total = 0
   for path, var in nnx.iter_graph(model):
     if isinstance(var, nnx.Param) and not isinstance(var, layers.Scale):

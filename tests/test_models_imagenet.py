@@ -1,4 +1,4 @@
-"""Models: AlexNet and ResNet-18 (sizes, binary layers, block order), against PAPER.md."""
+"""Models: AlexNet and ResNet-18 (sizes, binary layers, block order), against docs/method.md."""
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +74,7 @@ def test_alexnet_has_the_standard_parameter_count():
   [("vgg_small", 17.8, 0.87), ("resnet18", 44.6, 3.96), ("alexnet", 238, 22.7)],
 )
 def test_model_sizes_match_paper(name, float32_mib, binary_mib):
-  """PAPER.md, "Model size": 1-bit binary layers, float32 first and last layers."""
+  """docs/method.md, "Networks": 1-bit binary layers, float32 first and last layers."""
   num_classes, shape = (10, (32, 32, 3)) if name == "vgg_small" else (1000, (224, 224, 3))
   full, _ = _sizes(_abstract(name, False, num_classes, shape))
   float_part, binary_part = _sizes(_abstract(name, True, num_classes, shape))
@@ -83,7 +83,7 @@ def test_model_sizes_match_paper(name, float32_mib, binary_mib):
   assert (float_part * 4 + binary_part / 8) / MIB == pytest.approx(binary_mib, rel=0.01)
 
 
-# PAPER.md, "Networks": the binary layers of each model.
+# docs/method.md, "Networks": the binary layers of each model.
 RESNET18_BLOCK_CONVS = [
   f"stage{s}_block{b}.conv{c}" for s in (1, 2, 3, 4) for b in (1, 2) for c in (1, 2)
 ]

@@ -1,4 +1,4 @@
-"""Summary: sizes and multiply-accumulates per layer and in total, against PAPER.md's figures."""
+"""Summary: sizes and multiply-accumulates per layer and in total, against the paper's figures."""
 
 import pathlib
 import subprocess
@@ -23,13 +23,13 @@ def _model(config, name, binary=True, image_shape=(32, 32, 3), num_classes=10):
   return models.create_model(config, num_classes, image_shape, nnx.Rngs(0))
 
 
-def test_vgg_small_on_cifar_is_20x_smaller_as_paper_md_says(test_config):
+def test_vgg_small_on_cifar_is_20x_smaller_as_the_paper_says(test_config):
   s = summary.of_model(_model(test_config, "vgg_small"), (32, 32, 3))
   binary_weights = 9 * sum(
     a * b for a, b in [(128, 128), (128, 256), (256, 256), (256, 512), (512, 512)]
   )
   float_weights = 3 * 9 * 128 + 8192 * 10 + 10
-  assert binary_weights + float_weights == 4_656_522  # PAPER.md's count
+  assert binary_weights + float_weights == 4_656_522  # the paper's count (docs/method.md)
   assert s.weights_float32_bytes == 4 * 4_656_522  # 17.76 MiB
   assert s.weights_deployed_bytes == binary_weights // 8 + 4 * float_weights  # 0.871 MiB
   assert round(s.weights_float32_bytes / MIB, 1) == 17.8
@@ -50,7 +50,7 @@ def test_vgg_small_on_cifar_is_20x_smaller_as_paper_md_says(test_config):
 @pytest.mark.parametrize(
   "name,float32_mib,deployed_mib", [("resnet18", 44.6, 3.96), ("alexnet", 238, 22.7)]
 )
-def test_imagenet_models_match_paper_md_sizes(test_config, name, float32_mib, deployed_mib):
+def test_imagenet_models_match_the_papers_sizes(test_config, name, float32_mib, deployed_mib):
   s = summary.of_model(
     _model(test_config, name, image_shape=(224, 224, 3), num_classes=1000), (224, 224, 3)
   )

@@ -93,8 +93,11 @@ class Feed(Protocol):
   spec: DataSpec
   num_train: int
 
-  def train_step(self, update: Update, first_step: int) -> Callable:
-    """step(state) -> (state, metrics): one jitted train step on the batch of state["step"]."""
+  def train_step(self, update: Update, first_step: int, teacher=None) -> Callable:
+    """step(state) -> (state, metrics): one jitted train step on the batch of state["step"].
+
+    `teacher` (distillation: a frozen model's state, or None) is passed to every update.
+    """
 
   def evaluator(self, eval_sums: EvalSums) -> Callable:
     """evaluate(state) -> {"accuracy", "loss", "count"}, every test example counted once."""

@@ -387,11 +387,13 @@ class HostFedFeed:
     s = self.source
     self.spec = DataSpec(s.num_classes, s.image_shape, tuple(s.mean), tuple(s.std))
 
-  def train_step(self, update, first_step: int):
+  def train_step(self, update, first_step: int, teacher=None):
+    """step(state) -> (state, metrics); `teacher` (a pytree or None) goes to update unchanged,
+    as an argument of the jitted step that is not donated (it serves every step)."""
     c = self.config
     batches = train_batches(self.source, self.sharding, c.batch_size, first_step, c.seed)
-    step = jax.jit(lambda state, b: update(state, b["images"], b["labels"]), donate_argnums=0)
-    return lambda state: step(state, next(batches))
+    step = jax.jit(lambda state, b, t: update(state, b["images"], b["labels"], t), donate_argnums=0)
+    return lambda state: step(state, next(batches), teacher)
 
   def evaluator(self, eval_sums):
     step = jax.jit(lambda state, b: eval_sums(state, b["images"], b["labels"], b["mask"]))

@@ -7,13 +7,19 @@ Sources (config.data.name):
                  /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist)
   mnist          the same IDX layout; config.data.path is required
   npz            config.data.path holds train.npz and test.npz, each with `images` uint8
-                 [N, H, W, C] (or [N, H, W]) and integer `labels` [N]
+                 [N, H, W, C] (or [N, H, W]) and integer `labels` [N]; train.npz may declare
+                 `num_classes` (a scalar; needed above MAX_UNDECLARED_CLASSES classes)
   fake           random class-dependent images for tests; no files
 
+Every source's labels pass one validator (`check_labels`, `count_classes`): integers of shape
+[N] in [0, 2**31), the number of classes the largest training label + 1 (or the declared count),
+every test label one of the training set's classes. The inference command reads .npz files
+with the same function (`read_npz`).
+
 The whole dataset (uint8) is placed on the devices once. Per-epoch shuffling, batch selection and
-augmentation (pad-4 random crop, horizontal flip) then run on the device inside the jitted train
-step, from the step counter alone: nothing to prefetch, nothing to starve, and a resumed run sees
-exactly the batches it would have seen.
+augmentation (`augment`: pad-4 random crop and/or horizontal flip) then run on the device inside
+the jitted train step, from the step counter alone: nothing to prefetch, nothing to starve, and a
+resumed run sees exactly the batches it would have seen.
 """
 
 import dataclasses
@@ -26,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -35,7 +42,10 @@ from bnn_jax.errors import InputError
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # The archive tfds looks for in manual_dir instead of downloading it.
 TFDS_ARCHIVES = {"cifar10": "cifar-10-binary.tar.gz"}
-AUGMENTATIONS = ("crop_flip", "flip", "none")
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
+# Above this many classes (the largest label + 1) a dataset must declare its class count: a
+# stray label of 1e9 would otherwise build a classifier head with 1e9 outputs.
+MAX_UNDECLARED_CLASSES = 10_000
 
 
 @dataclasses.dataclass
@@ -87,6 +97,11 @@ def read_idx(path: pathlib.Path) -> np.ndarray:
       f"or 0x00000803)"
     )
   ndim = raw[3]
+  if len(raw) < 4 + 4 * ndim:
+    raise InputError(
+      f"data file {path} is truncated or corrupt: its header declares {ndim} dimensions "
+      f"({4 + 4 * ndim} bytes of header), the file holds {len(raw)} bytes"
+    )
   dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
   expected = int(np.prod(dims))
   data = raw[4 + 4 * ndim :]
@@ -105,8 +120,11 @@ def _find(folder: pathlib.Path, stem: str) -> pathlib.Path:
   raise InputError(f"data folder {folder} has no {stem} (or {stem}.gz); expected the MNIST layout")
 
 
-def load_idx_folder(path: str) -> InMemoryDataset:
-  """MNIST / Fashion-MNIST IDX files: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]."""
+def load_idx_folder(path: str, num_classes: int | None = None) -> InMemoryDataset:
+  """MNIST / Fashion-MNIST IDX files: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz].
+
+  num_classes: the dataset's declared class count (10 for both); labels must lie below it.
+  """
   folder = pathlib.Path(path)
   if not folder.is_dir():
     raise InputError(
@@ -122,39 +140,62 @@ def load_idx_folder(path: str) -> InMemoryDataset:
         f"IDX files of the {split} split in {folder} disagree: images {images.shape}, "
         f"labels {labels.shape}"
       )
-    arrays[split] = (_as_nhwc(images), labels.astype(np.int32))
-  return _dataset(arrays, f"data folder {folder}")
+    arrays[split] = (_as_nhwc(images), labels)
+  return _dataset(arrays, f"data folder {folder}", num_classes)
 
 
 # ----------------------------------------------------------------------------- .npz files
 
 
+def read_npz(file: pathlib.Path, labels_required: bool = True):
+  """(images uint8 [N, H, W, C], labels int32 [N] or None, declared class count or None).
+
+  The .npz holds `images` uint8 [N, H, W] or [N, H, W, C], `labels` (optional when
+  labels_required is False) and optionally `num_classes`. Labels pass `check_labels`; any
+  problem raises InputError naming the file.
+  """
+  file = pathlib.Path(file)
+  try:
+    with np.load(file) as z:
+      needed = ("images", "labels") if labels_required else ("images",)
+      if any(k not in z for k in needed):
+        raise InputError(
+          f"{file} must hold arrays {' and '.join(map(repr, needed))}; it holds {z.files}"
+        )
+      images = z["images"]
+      labels = z["labels"] if "labels" in z else None
+      declared = z["num_classes"] if "num_classes" in z else None
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    if isinstance(e, InputError):
+      raise
+    raise InputError(f"data file {file} is truncated or corrupt ({e}); replace it") from e
+  if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    raise InputError(
+      f"{file}: 'images' must be uint8 [N, H, W] or [N, H, W, C]; got {images.dtype} {images.shape}"
+    )
+  if labels is not None:
+    labels = check_labels(labels, len(images), f"{file}")
+  if declared is not None:
+    if declared.shape != () or declared.dtype.kind not in "iu" or int(declared) < 1:
+      raise InputError(f"{file}: 'num_classes' must be one integer >= 1; got {declared!r}")
+    declared = int(declared)
+  return _as_nhwc(images), labels, declared
+
+
 def load_npz_folder(path: str) -> InMemoryDataset:
-  """train.npz and test.npz with `images` uint8 [N, H, W(, C)] and `labels` [N]."""
+  """train.npz and test.npz with `images` uint8 [N, H, W(, C)] and `labels` [N] (`read_npz`)."""
   folder = pathlib.Path(path)
   if not folder.is_dir():
     raise InputError(f"data.path {str(folder)!r} is not a folder holding train.npz and test.npz")
-  arrays = {}
+  arrays, declared = {}, None
   for split in ("train", "test"):
     file = folder / f"{split}.npz"
     if not file.exists():
       raise InputError(f"data folder {folder} has no {split}.npz")
-    try:
-      with np.load(file) as z:
-        if "images" not in z or "labels" not in z:
-          raise InputError(f"{file} must hold arrays 'images' and 'labels'; it holds {z.files}")
-        images, labels = z["images"], z["labels"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-      if isinstance(e, InputError):
-        raise
-      raise InputError(f"data file {file} is truncated or corrupt ({e}); replace it") from e
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
-      raise InputError(
-        f"{file}: 'images' must be uint8 [N, H, W] or [N, H, W, C] with one label each; got "
-        f"{images.dtype} {images.shape} and labels {labels.shape}"
-      )
-    arrays[split] = (_as_nhwc(images), labels.astype(np.int32))
-  return _dataset(arrays, f"data folder {folder}")
+    images, labels, split_declared = read_npz(file)
+    declared = split_declared if split == "train" else declared
+    arrays[split] = (images, labels)
+  return _dataset(arrays, f"data folder {folder}", declared)
 
 
 # ----------------------------------------------------------------------------- tfds
@@ -192,14 +233,14 @@ def load_tfds(name: str, data: ml_collections.ConfigDict) -> InMemoryDataset:
       )
       batches = list(tfds.as_numpy(ds))
       images = np.concatenate([b[0] for b in batches]).astype(np.uint8)
-      labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
+      labels = np.concatenate([b[1] for b in batches])
       arrays[split] = (_as_nhwc(images), labels)
   except Exception as e:  # tfds raises many types for "cannot download or find the data"
     raise InputError(
       f"tensorflow-datasets could not load {name!r} ({type(e).__name__}: {str(e)[:300]}); on a "
       f"machine without internet put the original archive in data.manual_dir"
     ) from e
-  return _dataset(arrays, f"tfds {name}")
+  return _dataset(arrays, f"tfds {name}", DATASETS[name].num_classes)
 
 
 # ----------------------------------------------------------------------------- fake
@@ -220,7 +261,56 @@ def load_fake(data: ml_collections.ConfigDict) -> InMemoryDataset:
   return _dataset(arrays, "fake data", num_classes)
 
 
+def check_labels(labels, num_images: int, source: str) -> np.ndarray:
+  """`labels` as int32 [N]; InputError unless they are num_images integers in [0, 2**31).
+
+  Float labels are refused rather than truncated, and int64 labels beyond int32 rather than
+  wrapped; an [N, 1] array is refused rather than silently squeezed.
+  """
+  labels = np.asarray(labels)
+  if labels.shape != (num_images,):
+    column = labels.shape == (num_images, 1)
+    raise InputError(
+      f"{source}: labels have shape {labels.shape}; they must be one integer per image, shape "
+      f"({num_images},)" + (" (save labels.reshape(-1) instead)" if column else "")
+    )
+  if labels.dtype.kind not in "iu":
+    raise InputError(
+      f"{source}: labels are {labels.dtype}; they must be integer class indices (0, 1, 2, ...), "
+      f"not floats or other values to be rounded"
+    )
+  if len(labels) and labels.min() < 0:
+    raise InputError(f"{source}: label {labels.min()} is negative; labels must be 0, 1, 2, ...")
+  if len(labels) and labels.max() >= 2**31:
+    raise InputError(f"{source}: label {labels.max()} is too large; labels must be below 2**31")
+  return labels.astype(np.int32)
+
+
+def count_classes(train_labels: np.ndarray, source: str, declared: int | None = None) -> int:
+  """The number of classes: the declared count, else the largest training label + 1.
+
+  An undeclared count above MAX_UNDECLARED_CLASSES raises InputError (a stray label must not
+  build a head with a billion outputs), as does a label at or above the declared count.
+  """
+  largest = int(train_labels.max())
+  if declared is not None:
+    if largest >= declared:
+      raise InputError(
+        f"{source}: training label {largest} is outside the {declared} declared classes "
+        f"(labels 0..{declared - 1})"
+      )
+    return declared
+  if largest + 1 > MAX_UNDECLARED_CLASSES:
+    raise InputError(
+      f"{source}: the largest training label is {largest}, which would make {largest + 1:,} "
+      f"classes; above {MAX_UNDECLARED_CLASSES:,} classes declare the count (a scalar "
+      f"'num_classes' in train.npz)"
+    )
+  return largest + 1
+
+
 def _dataset(arrays, source: str, num_classes: int | None = None) -> InMemoryDataset:
+  """Checks both splits' images and labels; num_classes: the declared count, if any."""
   (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
   if xtr.shape[1:] != xte.shape[1:]:
     raise InputError(
@@ -228,9 +318,22 @@ def _dataset(arrays, source: str, num_classes: int | None = None) -> InMemoryDat
     )
   if len(ytr) == 0 or len(yte) == 0:
     raise InputError(f"{source}: a split is empty (train {len(ytr)}, test {len(yte)})")
-  if min(ytr.min(), yte.min()) < 0:
-    raise InputError(f"{source}: labels must be non-negative integers")
-  num_classes = num_classes or int(max(ytr.max(), yte.max())) + 1
+  ytr = check_labels(ytr, len(xtr), f"{source}, train split")
+  yte = check_labels(yte, len(xte), f"{source}, test split")
+  num_classes = count_classes(ytr, source, num_classes)
+  if yte.max() >= num_classes:
+    raise InputError(
+      f"{source}: test label {yte.max()} is not one of the {num_classes} classes of the "
+      f"training set (labels 0..{num_classes - 1})"
+    )
+  logging.info(
+    "%s: %d training and %d test images of %s, %d classes.",
+    source,
+    len(ytr),
+    len(yte),
+    "x".join(map(str, xtr.shape[1:])),
+    num_classes,
+  )
   return InMemoryDataset(xtr, ytr, xte, yte, num_classes)
 
 
@@ -243,11 +346,11 @@ def load(data: ml_collections.ConfigDict) -> InMemoryDataset:
   if name == "cifar10":
     ds = load_tfds("cifar10", data)
   elif name == "fashion_mnist":
-    ds = load_idx_folder(data.path or FASHION_MNIST_DIR)
+    ds = load_idx_folder(data.path or FASHION_MNIST_DIR, DATASETS[name].num_classes)
   elif name == "mnist":
     if not data.path:
       raise InputError("data.name 'mnist' needs data.path, the folder of the MNIST IDX files")
-    ds = load_idx_folder(data.path)
+    ds = load_idx_folder(data.path, DATASETS[name].num_classes)
   elif name == "fashion_mnist_small":
     ds = load_npz_folder(str(BUNDLED_DIR))
   elif name == "npz":
@@ -266,12 +369,18 @@ def load(data: ml_collections.ConfigDict) -> InMemoryDataset:
 
 
 def augment(images: jax.Array, key: jax.Array, kind: str, padding: int = 4) -> jax.Array:
-  """Random crop after zero padding by `padding` and/or horizontal flip, per example."""
+  """Per-example augmentation of uint8 images [B, H, W, C]; same shape and dtype.
+
+  kind: "crop" (a random HxW window of the image zero-padded by `padding` on every side: the
+  content shifts by up to `padding` pixels each way), "flip" (mirrored left-right with
+  probability 1/2), "crop_flip" (both) or "none" (the images unchanged). Digits want "crop":
+  a mirrored digit can be another digit or none.
+  """
   if kind == "none":
     return images
   batch, height, width, _ = images.shape
   crop_key, flip_key = jax.random.split(key)
-  if kind == "crop_flip":
+  if kind in ("crop", "crop_flip"):
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * padding + 1)
 
@@ -281,6 +390,8 @@ def augment(images: jax.Array, key: jax.Array, kind: str, padding: int = 4) -> j
       )
 
     images = jax.vmap(crop)(padded, offsets)
+  if kind == "crop":
+    return images
   flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1, 1))
   return jnp.where(flip, images[:, :, ::-1, :], images)
 
@@ -345,14 +456,15 @@ class InMemoryFeed:
       lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), tree
     )
 
-  def train_step(self, update, first_step: int, steps_per_call: int = 1):
+  def train_step(self, update, first_step: int, teacher=None, steps_per_call: int = 1):
     """step(state, steps=1) -> (state, metrics): `steps` <= steps_per_call train steps, one call.
 
     One jitted function for every `steps` (a loop whose trip count is an argument), so that a
     run gives the same bits whatever steps_per_call and however its steps are split into calls.
     Each metric comes back stacked [steps_per_call]: row i is step i of the call; rows from
     `steps` on are zeros. A call draws each epoch's permutation (a sort of the whole training
-    set) once, not once per step.
+    set) once, not once per step. `teacher` (a pytree or None) goes to update unchanged, as an
+    argument of the jitted step that is not donated (it serves every step).
     """
     del first_step  # the batch follows from state["step"]
     config, num_train = self.config, self.num_train
@@ -362,34 +474,34 @@ class InMemoryFeed:
     steps_per_epoch = num_train // config.batch_size
     spanned_epochs = (steps_per_call - 1) // steps_per_epoch + 2  # at most, by one call
 
-    def one_step(state, data, perm):
+    def one_step(state, data, teacher, perm):
       augment_key = jax.random.split(key)[1]
       idx = batch_of_epoch(perm, state["step"], config.batch_size)
       idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
       images = augment(
         data["images"][idx], jax.random.fold_in(augment_key, state["step"]), config.data.augment
       )
-      return update(state, images, data["labels"][idx])
+      return update(state, images, data["labels"][idx], teacher)
 
-    def train_steps(state, data, steps):
+    def train_steps(state, data, teacher, steps):
       shuffle_key = jax.random.split(key)[0]
       first_epoch = state["step"] // steps_per_epoch
       perms = jnp.stack(
         [epoch_permutation(first_epoch + e, num_train, shuffle_key) for e in range(spanned_epochs)]
       )
       perm_of = lambda state: perms[state["step"] // steps_per_epoch - first_epoch]
-      shapes = jax.eval_shape(lambda s: one_step(s, data, perm_of(s))[1], state)
+      shapes = jax.eval_shape(lambda s: one_step(s, data, teacher, perm_of(s))[1], state)
       rows = jax.tree.map(lambda s: jnp.zeros((steps_per_call, *s.shape), s.dtype), shapes)
 
       def body(i, carry):
         state, rows = carry
-        state, metrics = one_step(state, data, perm_of(state))
+        state, metrics = one_step(state, data, teacher, perm_of(state))
         return state, jax.tree.map(lambda r, m: r.at[i].set(m), rows, metrics)
 
       return jax.lax.fori_loop(0, steps, body, (state, rows))
 
     step = jax.jit(train_steps, donate_argnums=0)
-    return lambda state, steps=1: step(state, data, steps)
+    return lambda state, steps=1: step(state, data, teacher, steps)
 
   def evaluator(self, eval_sums):
     size = self.config.eval_batch_size

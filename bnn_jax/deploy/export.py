@@ -9,9 +9,8 @@ in float32. The file format is described in `bnn_jax.deploy.program`;
 """
 
 import pathlib
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from bnn_jax.deploy import lowering, summary
 from bnn_jax.deploy.program import Program, save
@@ -97,20 +96,18 @@ def define_flags() -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise InputError(f"unexpected arguments {' '.join(argv[1:])!r}; give --workdir and --output")
   if not FLAGS.workdir or not FLAGS.output:
-    raise app.UsageError("give --workdir=DIR and --output=FILE")
+    raise InputError("give --workdir=DIR (a trained run) and --output=FILE (the model to write)")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
-  try:
-    program = program_of_workdir(FLAGS.workdir)
-    size = export(program, FLAGS.output)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  program = program_of_workdir(FLAGS.workdir)
+  size = export(program, FLAGS.output)
   print(report(program, size))
   print(f"wrote {FLAGS.output}")
 
 
 if __name__ == "__main__":
+  from bnn_jax import cli
+
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -8,11 +8,9 @@ payload of the file `bnn_jax.deploy.export` writes (the file adds only its heade
 """
 
 import dataclasses
-import sys
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from bnn_jax.deploy import lowering
 from bnn_jax.deploy.program import Op, Program, to_bytes
@@ -51,7 +49,7 @@ class Row:
 @dataclasses.dataclass(frozen=True)
 class Summary:
   """Per-op rows and totals. Sizes in bytes; `weights_*` count conv and dense weights and biases
-  only (PAPER.md's accounting, BatchNorm and scales aside)."""
+  only (the paper's accounting, BatchNorm and scales aside)."""
 
   rows: tuple[Row, ...]
   weights_float32_bytes: int
@@ -129,7 +127,7 @@ class Summary:
       f"weights only       {self.weights_float32_bytes / MIB:.3f} MiB float32 -> "
       f"{self.weights_deployed_bytes / MIB:.3f} MiB "
       f"({self.weights_float32_bytes / max(1, self.weights_deployed_bytes):.1f}x; BatchNorm "
-      f"and scales aside, PAPER.md's accounting)",
+      f"and scales aside, the paper's accounting)",
       f"binary MACs        {self.binary_mac_share:.1%} of {self.binary_macs + self.float_macs:,}"
       f" per image",
     ]
@@ -228,23 +226,24 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Command-line flags, defined only when run as a program (modules share absl's flags)."""
-  config_flags.DEFINE_config_file("config", None, "A config file from configs/.", lock_config=True)
+  from bnn_jax import cli
+
+  cli.define_config_flag()
+  flags.mark_flags_as_required(["config"])
 
 
-def main(argv):
+def main(argv, config):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise InputError(f"unexpected arguments {' '.join(argv[1:])!r}; give --config=FILE only")
   from flax import nnx
 
   from bnn_jax import models
 
-  config = FLAGS.config
+  image_shape, num_classes = input_of(config)
   try:
-    image_shape, num_classes = input_of(config)
     model = models.create_model(config, num_classes, image_shape, nnx.Rngs(config.seed))
-  except (InputError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except ValueError as e:  # a model option that does not fit (models raise ValueError)
+    raise InputError(str(e)) from e
   program = lowering.lower(model, image_shape)
   print(
     f"{config.model.name} ({'binary' if config.model.binary else 'float'}), input "
@@ -255,6 +254,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from bnn_jax import cli
+
   define_flags()
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main, with_config=True)

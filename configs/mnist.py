@@ -1,0 +1,26 @@
+"""A small binary VGG-Small (width 1/4) on MNIST digits, augmented by random crops only.
+
+MNIST is not bundled and not available offline on the development machine, so this config has
+not been run here. It expects the four IDX files of MNIST (as published, `.gz` or not) in one
+folder DIR:
+
+  train-images-idx3-ubyte  train-labels-idx1-ubyte  t10k-images-idx3-ubyte  t10k-labels-idx1-ubyte
+
+Command:
+  python -m bnn_jax.main --config=configs/mnist.py --workdir=/tmp/mnist --config.data.path=DIR
+
+Augmentation: "crop" (pad by 4 pixels, take a random 28x28 window: the digit shifts by up to 4
+pixels each way), never flips: a mirrored 3, 4 or 7 is no digit at all, so flips would train on
+images that match no label. Everything else is
+configs/fashion_mnist.py (decoupled L2 on alpha, 3 epochs, batch 128).
+"""
+
+from configs import fashion_mnist
+
+
+def get_config():
+  c = fashion_mnist.get_config()
+  c.data.name = "mnist"
+  c.data.path = ""  # required: --config.data.path=DIR, the folder of the four IDX files
+  c.data.augment = "crop"  # shifts only: a mirrored digit is another digit
+  return c
