@@ -385,7 +385,7 @@ class Launcher:
     if stopped:
       active.process.terminate()
       try:
-        active.process.wait(timeout=20)
+        active.process.wait(timeout=10)
       except subprocess.TimeoutExpired:
         active.process.kill()
         active.process.wait()
