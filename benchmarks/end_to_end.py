@@ -8,8 +8,8 @@ Prints, in one run, for each variant:
   trainer    bnn_jax.train.train_and_evaluate on fake in-memory data of the config's image shape
              (batch selection, augmentation, metrics, logging: everything a run does), eval and
              checkpoints only after the last timed step; images/s is the median of the
-             trainer's own log windows (train/images_per_sec in metrics.jsonl) after the first,
-             which holds the compilation; once per --steps_per_call value
+             trainer's own log windows (train/images_per_sec in metrics.jsonl; they leave out
+             the first call, which compiles); once per --steps_per_call value
 and, for the first variant and the largest steps_per_call, the images/s of N trainer runs at
 once on this one device (the sum of their medians), for N in --runs_at_once.
 
@@ -45,7 +45,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("steps_per_call", ["1", "10"], "Trainer steps per jitted call to measure.")
 flags.DEFINE_list("runs_at_once", ["1", "2", "4"], "Numbers of concurrent runs to measure.")
 flags.DEFINE_integer("window_steps", 100, "Trainer log window (log_every_steps), in steps.")
-flags.DEFINE_integer("windows", 6, "Trainer log windows per run; the first is not counted.")
+flags.DEFINE_integer("windows", 6, "Trainer log windows per run.")
 flags.DEFINE_integer("train_size", 50_000, "Fake training images held on the device.")
 flags.DEFINE_bool("worker", False, "Internal: run one trainer and print its figure as JSON.")
 
@@ -92,7 +92,7 @@ def trainer_config(config, variant: str, steps_per_call: int):
 
 
 def trainer_rate(config, variant: str, steps_per_call: int) -> float:
-  """Median images/s of a trainer run's log windows after the first (which compiles)."""
+  """Median images/s of a trainer run's log windows (the trainer times its first call apart)."""
   import pathlib
 
   from bnn_jax import run, train
@@ -104,9 +104,9 @@ def trainer_rate(config, variant: str, steps_per_call: int) -> float:
       for r in run.MetricsLog(pathlib.Path(workdir)).read()
       if "train/images_per_sec" in r
     ]
-  if len(rates) < 2:
-    raise SystemExit("error: --windows must be at least 2 (the first window compiles)")
-  return statistics.median(rates[1:])
+  if not rates:
+    raise SystemExit("error: no timed window; give --windows and --window_steps room")
+  return statistics.median(rates)
 
 
 def worker_command(variant: str, steps_per_call: int) -> list[str]:
@@ -167,7 +167,7 @@ def main(argv):
     f"model {config.model.name} width {config.model.width}, batch {FLAGS.batch_size}, images "
     f"{shape}, compute {config.compute_dtype}; step: {FLAGS.steps} steps x {FLAGS.repeats} "
     f"timings; trainer: fake data ({FLAGS.train_size} train images), {FLAGS.windows} windows "
-    f"of {FLAGS.window_steps} steps, median after the first",
+    f"of {FLAGS.window_steps} steps, median",
     flush=True,
   )
   for variant in FLAGS.variants:

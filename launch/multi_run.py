@@ -206,7 +206,7 @@ def result_row(run: Run, workdir: pathlib.Path, status: str, wall_s: float, devi
     "epochs": evals[-1]["epoch"] if evals else "",
     "steps": max((r["step"] for r in rows), default=0),
     "wall_s": round(wall_s, 1),
-    # The first window of each process holds its compilation: the median leaves it out.
+    # The median of the log windows (the trainer times the compiling first call apart).
     "images_per_sec": round(statistics.median(rates), 1) if rates else "",
     "device": device,
     "data": data,
