@@ -75,6 +75,7 @@ _RULES = {
   "max_steps": (int, _NON_NEGATIVE),
   "compute_dtype": (str, _choice("float32", "bfloat16")),
   "grad_accum_steps": (int, _POSITIVE),
+  "steps_per_call": (int, _POSITIVE),
   "log_every_steps": (int, _POSITIVE),
   "eval_every_epochs": (float, _POSITIVE),
   "checkpoint_every_steps": (int, _POSITIVE),
@@ -201,6 +202,11 @@ def _check_host_fed(config) -> None:
         f"configs/imagenet_base.py"
       )
   data = config.data
+  if config.steps_per_call != 1:
+    raise InputError(
+      f"config.steps_per_call = {config.steps_per_call} must be 1 for host-fed data "
+      f"({data.name!r}), whose batches come from the hosts one step at a time"
+    )
   if data.eval_resize < data.image_size:
     raise InputError(
       f"config.data.eval_resize = {data.eval_resize} must be at least config.data.image_size "

@@ -49,6 +49,7 @@ RUN_CONTROL_KEYS = (
   "data.num_threads",
   "data.prefetch_batches",
   "grad_accum_steps",
+  "steps_per_call",
 )
 
 # Keys added after runs were already saved, with the value that their absence means (today's
@@ -61,6 +62,7 @@ ADDED_KEYS = {
   "distill.weight": 0.9,
   "distill.temperature": 4.0,
   "init.from_workdir": "",
+  "steps_per_call": 1,
 }
 
 
@@ -421,14 +423,22 @@ class MetricsLog:
     self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
-    if jax.process_index() != 0:
+    self.write_rows([(step, scalars)])
+
+  def write_rows(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+    """Many (step, scalars) records at once: one file append and one event flush for them all."""
+    if jax.process_index() != 0 or not rows:
       return
-    row = {"step": int(step)}
-    row.update({k: _json_number(v) for k, v in scalars.items()})
+    lines = []
+    for step, scalars in rows:
+      lines.append(
+        json.dumps({"step": int(step)} | {k: _json_number(v) for k, v in scalars.items()})
+      )
     with self.path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+      f.write("\n".join(lines) + "\n")
     if self._events is not None:
-      self._events(step, scalars)
+      for i, (step, scalars) in enumerate(rows):
+        self._events(step, scalars, flush=i == len(rows) - 1)
 
   def read(self) -> list[dict]:
     if not self.path.exists():
@@ -460,7 +470,7 @@ def _event_writer(folder: pathlib.Path):
     return None
   writer = None
 
-  def write(step, scalars):
+  def write(step, scalars, flush=True):
     nonlocal writer
     if writer is None:  # created on first use: a failed run leaves no empty event file
       writer = EventFileWriter(str(folder))
@@ -468,6 +478,7 @@ def _event_writer(folder: pathlib.Path):
     event = event_pb2.Event(wall_time=time.time(), step=int(step))
     event.summary.CopyFrom(summary_pb2.Summary(value=values))
     writer.add_event(event)
-    writer.flush()
+    if flush:
+      writer.flush()
 
   return write

@@ -21,7 +21,7 @@ from flax import nnx
 
 from bnn_jax import config_checks, layers, optim, run
 from bnn_jax.checkpointing import Checkpoints
-from bnn_jax.data import DataSpec, normalize, open_feed
+from bnn_jax.data import DataSpec, in_memory, normalize, open_feed
 
 # ----------------------------------------------------------------------------- losses
 
@@ -224,13 +224,14 @@ class Progress:
       jax.device_count(),
     )
 
-  def add(self, step: int, metrics) -> None:
-    if self.window is None:  # the first step waits for the compilation: time it apart
+  def add(self, step: int, metrics, steps: int = 1) -> None:
+    """Keeps the device metrics of a call that ran `steps` steps ending at `step`."""
+    if self.window is None:  # the first call waits for the compilation: time it apart
       jax.block_until_ready(metrics)
       now = time.time()
       logging.info("step %d: compiled and ran in %.1f s", step, now - self.started)
       self.window = (now, step)
-    self.pending.append((step, metrics))
+    self.pending.append((step, steps, metrics))
 
   def pause(self) -> None:
     """Keeps eval and checkpoint time out of the training speed; measures it for time left."""
@@ -239,12 +240,11 @@ class Progress:
     self.window = (now, self.window[1])
 
   def flush(self, last_good: int | None) -> dict[str, float]:
-    """Fetches the pending per-step metrics, checks them and logs their mean."""
+    """Fetches the pending per-step metrics (one transfer), checks them and logs their mean."""
     steps, values = [], []
-    for step, m in self.pending:
-      for i, row in enumerate(_rows(jax.device_get(m))):
-        steps.append(step - len(_rows(m)) + 1 + i)
-        values.append(row)
+    for (last, n, _), m in zip(self.pending, jax.device_get([m for *_, m in self.pending])):
+      steps.extend(range(last - n + 1, last + 1))
+      values.extend(_rows(m, n))
     self.pending.clear()
     for step, m in zip(steps, values):
       if not math.isfinite(float(m["loss"])):
@@ -258,10 +258,15 @@ class Progress:
     self.trained_steps += measured
     self.window = (now, done)
     mean = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
-    for s, v in zip(steps, values):  # every step's loss, for exact comparisons in tests
-      self.log.write(s, {"train/loss": float(v["loss"]), "train/ce": float(v["ce"])})
+    # Every step's loss, for exact comparisons in tests; one append for them all.
+    self.log.write_rows(
+      [
+        (s, {"train/loss": float(v["loss"]), "train/ce": float(v["ce"])})
+        for s, v in zip(steps, values)
+      ]
+    )
     speed, rates = "", {}
-    if measured:  # none when only the first (compiling) step ran since the last log
+    if measured:  # none when only the first (compiling) call ran since the last log
       steps_per_sec = measured / max(seconds, 1e-9)
       rates = {"train/images_per_sec": steps_per_sec * self.batch_size}
       speed = f", {rates['train/images_per_sec']:.0f} images/s ({steps_per_sec:.2f} steps/s)"
@@ -316,12 +321,27 @@ def _variant(config) -> str:
   )
 
 
-def _rows(metrics) -> list[dict]:
-  """Per-step metric dicts: one, or k of them when a call ran k steps (stacked values)."""
-  first = next(iter(metrics.values()))
-  if np.ndim(first) == 0:
+def _rows(metrics, steps: int) -> list[dict]:
+  """Per-step metric dicts of a call that ran `steps` steps: its scalars (one step), or the first
+  `steps` rows of its stacked values [steps_per_call]."""
+  if np.ndim(next(iter(metrics.values()))) == 0:
     return [metrics]
-  return [{k: v[i] for k, v in metrics.items()} for i in range(len(first))]
+  return [{k: v[i] for k, v in metrics.items()} for i in range(steps)]
+
+
+def call_plan(start: int, stop: int, periods: tuple[int, ...], steps_per_call: int):
+  """Yields (steps, done) for each jitted call of the loop from step `start` to `stop`.
+
+  A boundary is `stop` or a multiple of one of `periods` (log, eval, checkpoint); the loop runs
+  calls of steps_per_call steps, shorter ones where a boundary comes sooner, so that every
+  boundary falls exactly after a call.
+  """
+  done = start
+  while done < stop:
+    boundary = min([stop] + [(done // p + 1) * p for p in periods])
+    steps = min(steps_per_call, boundary - done)
+    done += steps
+    yield steps, done
 
 
 def _kept(last_good: int | None) -> str:
@@ -408,37 +428,26 @@ def _train(config, workdir: pathlib.Path, feed, mesh, sources) -> dict[str, floa
   sources.clear()  # the restored runs' single-device copies are no longer needed
 
   update = make_update(graphdef, tx, schedule, config, feed.spec, teacher_graphdef)
-  train_step = feed.train_step(update, start, teacher)
+  train_step = _train_step(feed, update, start, teacher, config)
   evaluate = feed.evaluator(make_eval_sums(graphdef, feed.spec))
   metrics_log = run.MetricsLog(workdir)
   metrics_log.start_at(start)
   progress, result = Progress(config, start, stop, metrics_log), {}
   progress.announce(config, feed.num_train, steps_per_epoch, total_steps)
+  periods = (config.log_every_steps, eval_every, config.checkpoint_every_steps)
   try:
-    for done in range(start + 1, stop + 1):
-      state, metrics = train_step(state)
-      progress.add(done, metrics)
+    for steps, done in call_plan(start, stop, periods, config.steps_per_call):
+      state, metrics = train_step(state, steps)
+      progress.add(done, metrics, steps)
       evaluate_now = done % eval_every == 0 or done == stop
       save_now = done % config.checkpoint_every_steps == 0 or done == stop
       if done % config.log_every_steps == 0 or evaluate_now or save_now:
         progress.flush(last_good)
       if evaluate_now:
         result = evaluate(state)
-        metrics_log.write(done, {f"eval/{k}": v for k, v in result.items()})
-        logging.info(
-          "step %d: test accuracy %.4f, test loss %.4f (%d examples)",
-          done,
-          result["accuracy"],
-          result["loss"],
-          result["count"],
-        )
+        _log_eval(metrics_log, done, done / steps_per_epoch, result)
       if save_now:
-        if not bool(_all_finite(state["params"])):
-          raise NonFiniteLossError(
-            f"the parameters became NaN or infinite by step {done}; the run stopped and "
-            f"{_kept(last_good)}"
-          )
-        manager.save(done, state)
+        _save(manager, state, done, last_good)
         last_good = done
       if evaluate_now or save_now:
         progress.pause()
@@ -448,3 +457,33 @@ def _train(config, workdir: pathlib.Path, feed, mesh, sources) -> dict[str, floa
     result = evaluate(state)
   manager.close()
   return result
+
+
+def _train_step(feed, update, start: int, teacher, config) -> Callable:
+  """step(state, steps) -> (state, metrics): `steps` <= config.steps_per_call train steps."""
+  if isinstance(feed, in_memory.InMemoryFeed):
+    return feed.train_step(update, start, teacher, config.steps_per_call)
+  step = feed.train_step(update, start, teacher)  # host-fed: one step a call (config_checks)
+  return lambda state, steps: step(state)
+
+
+def _log_eval(metrics_log: run.MetricsLog, done: int, epoch: float, result: dict) -> None:
+  metrics_log.write(done, {f"eval/{k}": v for k, v in result.items()} | {"epoch": epoch})
+  logging.info(
+    "step %d (epoch %.2f): test accuracy %.4f, test loss %.4f (%d examples)",
+    done,
+    epoch,
+    result["accuracy"],
+    result["loss"],
+    result["count"],
+  )
+
+
+def _save(manager, state, done: int, last_good: int | None) -> None:
+  """Saves the state as checkpoint `done` after checking that its parameters are finite."""
+  if not bool(_all_finite(state["params"])):
+    raise NonFiniteLossError(
+      f"the parameters became NaN or infinite by step {done}; the run stopped and "
+      f"{_kept(last_good)}"
+    )
+  manager.save(done, state)

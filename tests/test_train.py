@@ -251,3 +251,60 @@ def test_one_and_four_devices_give_the_same_losses(tmp_path, variant):
     one, four = logged(tmp_path / "1", "train/loss"), logged(tmp_path / "4", "train/loss")
     assert sorted(four) == steps
     np.testing.assert_allclose([four[s] for s in steps], [one[s] for s in steps], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- steps_per_call
+
+
+def test_call_plan_runs_full_calls_and_lands_on_every_boundary():
+  # periods: log 6, eval 12, checkpoint 6 (the test below); calls of 5 steps where they fit.
+  assert list(train.call_plan(0, 12, (6, 12, 6), 5)) == [(5, 5), (1, 6), (5, 11), (1, 12)]
+  assert list(train.call_plan(3, 10, (4,), 10)) == [(1, 4), (4, 8), (2, 10)]
+  assert list(train.call_plan(0, 3, (100,), 1)) == [(1, 1), (1, 2), (1, 3)]
+  assert list(train.call_plan(7, 7, (2,), 4)) == []
+
+
+def test_steps_per_call_matches_single_steps_exactly_across_a_resume(
+  tmp_path, test_config, monkeypatch
+):
+  """5-step calls (one crosses an epoch's end; the run stops and resumes) = 1-step calls, bit
+  for bit: losses of every step and the final evaluation."""
+  from bnn_jax.data import in_memory
+
+  calls = []
+  make_step = in_memory.InMemoryFeed.train_step
+
+  def counting_train_step(self, update, first_step, teacher=None, steps_per_call=1):
+    step = make_step(self, update, first_step, teacher, steps_per_call)
+    return lambda state, steps=1: calls.append(steps) or step(state, steps)
+
+  monkeypatch.setattr(in_memory.InMemoryFeed, "train_step", counting_train_step)
+  # 4 steps an epoch, 12 in all; boundaries every 6 steps (log, checkpoint) and at 12 (eval).
+  test_config.update(log_every_steps=6, checkpoint_every_steps=6, eval_every_epochs=3.0)
+  test_config.update(steps_per_call=5, max_steps=6)
+  train.train_and_evaluate(test_config, tmp_path / "five")
+  test_config.max_steps = 0
+  resumed = train.train_and_evaluate(test_config, tmp_path / "five")
+  assert calls == [5, 1, 5, 1]  # steps 1-5 (epoch 1 ends after step 4), 6 | resumed: 7-11, 12
+  test_config.steps_per_call = 1
+  straight = train.train_and_evaluate(test_config, tmp_path / "one")
+  assert calls[4:] == [1] * 12
+  assert resumed == straight
+  assert logged_losses(tmp_path / "five") == logged_losses(tmp_path / "one")
+  assert sorted(logged_losses(tmp_path / "one")) == list(range(1, 13))
+
+
+def test_steps_per_call_is_checked(test_config):
+  from bnn_jax import config_checks
+  from configs import resnet18_imagenet
+
+  test_config.steps_per_call = 0
+  with pytest.raises(InputError, match="config.steps_per_call = 0 is not allowed; it must be a"):
+    config_checks.check_config(test_config, 1)
+  host_fed = resnet18_imagenet.get_config()
+  host_fed.data.name, host_fed.steps_per_call = "imagenet_synthetic", 4
+  with pytest.raises(
+    InputError,
+    match=r"steps_per_call = 4 must be 1 for host-fed data \('imagenet_synthetic'\), whose",
+  ):
+    config_checks.check_config(host_fed, 1)

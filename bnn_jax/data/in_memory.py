@@ -396,15 +396,24 @@ def augment(images: jax.Array, key: jax.Array, kind: str, padding: int = 4) -> j
   return jnp.where(flip, images[:, :, ::-1, :], images)
 
 
-def train_batch_indices(step: jax.Array, num_examples: int, batch_size: int, key: jax.Array):
-  """Indices of the examples of train step `step`: a fresh permutation every epoch.
+def epoch_permutation(epoch: jax.Array, num_examples: int, key: jax.Array) -> jax.Array:
+  """The order of the training examples in `epoch`: a permutation of range(num_examples)."""
+  return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
 
-  The last num_examples % batch_size examples of each (shuffled) epoch are dropped.
+
+def batch_of_epoch(perm: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
+  """Indices [batch_size] of train step `step`, a step of the epoch whose permutation is `perm`.
+
+  The last len(perm) % batch_size examples of each (shuffled) epoch are dropped.
   """
-  steps_per_epoch = num_examples // batch_size
-  epoch, within = step // steps_per_epoch, step % steps_per_epoch
-  perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+  within = step % (perm.shape[0] // batch_size)
   return jax.lax.dynamic_slice_in_dim(perm, within * batch_size, batch_size)
+
+
+def train_batch_indices(step: jax.Array, num_examples: int, batch_size: int, key: jax.Array):
+  """Indices of the examples of train step `step`: a fresh permutation every epoch."""
+  epoch = step // (num_examples // batch_size)
+  return batch_of_epoch(epoch_permutation(epoch, num_examples, key), step, batch_size)
 
 
 def pad_for_eval(images: np.ndarray, labels: np.ndarray, batch_size: int):
@@ -447,26 +456,52 @@ class InMemoryFeed:
       lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), tree
     )
 
-  def train_step(self, update, first_step: int, teacher=None):
-    """step(state) -> (state, metrics); `teacher` (a pytree or None) goes to update unchanged,
-    as an argument of the jitted step that is not donated (it serves every step)."""
+  def train_step(self, update, first_step: int, teacher=None, steps_per_call: int = 1):
+    """step(state, steps=1) -> (state, metrics): `steps` <= steps_per_call train steps, one call.
+
+    One jitted function for every `steps` (a loop whose trip count is an argument), so that a
+    run gives the same bits whatever steps_per_call and however its steps are split into calls.
+    Each metric comes back stacked [steps_per_call]: row i is step i of the call; rows from
+    `steps` on are zeros. A call draws each epoch's permutation (a sort of the whole training
+    set) once, not once per step. `teacher` (a pytree or None) goes to update unchanged, as an
+    argument of the jitted step that is not donated (it serves every step).
+    """
     del first_step  # the batch follows from state["step"]
     config, num_train = self.config, self.num_train
     data = self._replicated({"images": self.ds.train_images, "labels": self.ds.train_labels})
     batch_sharding = NamedSharding(self.mesh, P("data"))
     key = jax.random.key(config.seed)
+    steps_per_epoch = num_train // config.batch_size
+    spanned_epochs = (steps_per_call - 1) // steps_per_epoch + 2  # at most, by one call
 
-    def train_step(state, data, teacher):
-      shuffle_key, augment_key = jax.random.split(key)
-      idx = train_batch_indices(state["step"], num_train, config.batch_size, shuffle_key)
+    def one_step(state, data, teacher, perm):
+      augment_key = jax.random.split(key)[1]
+      idx = batch_of_epoch(perm, state["step"], config.batch_size)
       idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
       images = augment(
         data["images"][idx], jax.random.fold_in(augment_key, state["step"]), config.data.augment
       )
       return update(state, images, data["labels"][idx], teacher)
 
-    step = jax.jit(train_step, donate_argnums=0)
-    return lambda state: step(state, data, teacher)
+    def train_steps(state, data, teacher, steps):
+      shuffle_key = jax.random.split(key)[0]
+      first_epoch = state["step"] // steps_per_epoch
+      perms = jnp.stack(
+        [epoch_permutation(first_epoch + e, num_train, shuffle_key) for e in range(spanned_epochs)]
+      )
+      perm_of = lambda state: perms[state["step"] // steps_per_epoch - first_epoch]
+      shapes = jax.eval_shape(lambda s: one_step(s, data, teacher, perm_of(s))[1], state)
+      rows = jax.tree.map(lambda s: jnp.zeros((steps_per_call, *s.shape), s.dtype), shapes)
+
+      def body(i, carry):
+        state, rows = carry
+        state, metrics = one_step(state, data, teacher, perm_of(state))
+        return state, jax.tree.map(lambda r, m: r.at[i].set(m), rows, metrics)
+
+      return jax.lax.fori_loop(0, steps, body, (state, rows))
+
+    step = jax.jit(train_steps, donate_argnums=0)
+    return lambda state, steps=1: step(state, data, teacher, steps)
 
   def evaluator(self, eval_sums):
     size = self.config.eval_batch_size

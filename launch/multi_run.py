@@ -1,0 +1,436 @@
+"""Several training runs at once on one device, resumably, into one CSV of results.
+
+python -m launch.multi_run --runs=RUNS.csv --root=DIR [--parallel=2] [--budget_s=540] \
+  [--results=DIR/results.csv] [--epochs_csv=DIR/epochs.csv] [--skip_csv=FILE ...] \
+  [--only=NAME,...] [-- --config.KEY=VALUE ...]
+
+RUNS.csv lists the runs, one line each (blank lines and lines starting with # are skipped):
+
+  name,config,overrides,seeds,epochs
+  binary_default,configs/vgg_small.py,,0,200
+  xnor,configs/vgg_small.py,binary.weight_scale=mean_abs optimizer.scale_l2=0.0,0 1,40
+
+overrides: space-separated KEY=VALUE config overrides; seeds: space-separated seeds (default 0);
+epochs: config.num_epochs (empty: the config's). Flags after `--` go to every run.
+
+Each (name, seed) trains in DIR/NAME/seed_SEED as `python -m bnn_jax.main` in its own process,
+PARALLEL of them at a time on this machine's one device, each with a share of the accelerator's
+memory (XLA_PYTHON_CLIENT_MEM_FRACTION = --memory/PARALLEL). The GPU time-slices between their
+kernels: runs at once gain where one run alone leaves it idle (benchmarks/end_to_end.py measures
+it). Resuming: a run whose workdir holds result.json, or whose (name, seed) is a row of a
+--skip_csv file, is skipped; an interrupted run resumes from its last checkpoint (bnn_jax does
+that). With --budget_s, no run starts when less than --min_start_s is left, and at the end of
+the budget the runs still going are stopped (they resume from their last checkpoint next time).
+
+Written for each finished run: WORKDIR/result.json and WORKDIR/test_accuracy.csv (one row per
+evaluation: epoch, step, test accuracy and loss, from metrics.jsonl), and a row of --results:
+name, config, overrides, seed, status (done; diverged: the loss or the parameters became NaN),
+test accuracy (the last evaluation), best test accuracy, epochs, steps, wall time (all its
+processes), images/s (median of its log windows), device, data. --epochs_csv collects the
+evaluations of every run of the list that has any, finished or not. Nothing here imports JAX:
+the launcher holds no accelerator memory.
+"""
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import pathlib
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULT_COLUMNS = (
+  "name",
+  "config",
+  "overrides",
+  "seed",
+  "status",
+  "test_accuracy",
+  "best_test_accuracy",
+  "epochs",
+  "steps",
+  "wall_s",
+  "images_per_sec",
+  "device",
+  "data",
+)
+EPOCH_COLUMNS = ("epoch", "step", "test_accuracy", "test_loss")
+RESULT_FILE = "result.json"
+STATE_FILE = "multi_run.json"  # wall seconds of the run's processes so far
+DIVERGED = ("the training loss became", "the parameters became NaN or infinite")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of the list: a config file, its overrides, a seed, optionally epochs."""
+
+  name: str
+  config: str
+  overrides: tuple[str, ...]
+  seed: int
+  epochs: float | None
+
+  @property
+  def key(self) -> tuple[str, str]:
+    return (self.name, str(self.seed))
+
+  def workdir(self, root: pathlib.Path) -> pathlib.Path:
+    return root / self.name / f"seed_{self.seed}"
+
+  def command(self, root: pathlib.Path, extra: list[str]) -> list[str]:
+    """The bnn_jax.main command line of this run."""
+    argv = [sys.executable, "-m", "bnn_jax.main", f"--config={self.config}"]
+    argv += [f"--workdir={self.workdir(root)}", f"--config.seed={self.seed}"]
+    if self.epochs is not None:
+      argv.append(f"--config.num_epochs={self.epochs}")
+    return argv + list(extra) + [f"--config.{o}" for o in self.overrides]  # its own last: they win
+
+
+# ----------------------------------------------------------------------------- the list
+
+
+def read_runs(path) -> list[Run]:
+  """The runs of a run list file (see the module docstring); SystemExit names a bad line."""
+  path = pathlib.Path(path)
+  try:
+    lines = path.read_text().splitlines()
+  except OSError as e:
+    raise SystemExit(f"error: run list {path} cannot be read ({e.strerror})") from e
+  kept = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+  rows = list(csv.DictReader(io.StringIO("\n".join(kept)), skipinitialspace=True))
+  runs = []
+  for number, row in enumerate(rows, start=2):
+    runs.extend(_runs_of(row, f"{path}, run {number - 1}"))
+  keys = [r.key for r in runs]
+  repeated = sorted({k for k in keys if keys.count(k) > 1})
+  if repeated:
+    raise SystemExit(f"error: run list {path} repeats (name, seed) {repeated[0]}")
+  return runs
+
+
+def _runs_of(row: dict, where: str) -> list[Run]:
+  missing = [c for c in ("name", "config") if not (row.get(c) or "").strip()]
+  if missing or None in row:
+    raise SystemExit(
+      f"error: {where}: a line needs name,config[,overrides,seeds,epochs] "
+      f"(missing {', '.join(missing) or 'nothing'}, or too many fields: quote commas)"
+    )
+  name, config = row["name"].strip(), row["config"].strip()
+  if not all(c.isalnum() or c in "._-" for c in name):
+    raise SystemExit(f"error: {where}: name {name!r} may hold letters, digits, '.', '_', '-' only")
+  if not (ROOT / config).is_file() and pathlib.Path(config).is_file():
+    config = str(pathlib.Path(config).resolve())  # runs start in ROOT
+  overrides = tuple(shlex.split(row.get("overrides") or ""))
+  bad = [o for o in overrides if "=" not in o or o.startswith("-")]
+  if bad:
+    raise SystemExit(f"error: {where}: override {bad[0]!r} must be KEY=VALUE (no --config.)")
+  try:
+    seeds = [int(s) for s in (row.get("seeds") or "0").split()]
+    epochs = float(row["epochs"]) if (row.get("epochs") or "").strip() else None
+  except ValueError as e:
+    raise SystemExit(f"error: {where}: seeds must be integers and epochs a number ({e})") from e
+  if epochs is not None and not epochs > 0:
+    raise SystemExit(f"error: {where}: epochs = {epochs} must be a number > 0")
+  return [Run(name, config, overrides, seed, epochs) for seed in seeds]
+
+
+def finished_keys(csv_files) -> set[tuple[str, str]]:
+  """(name, seed) of every row of the given results CSV files that exist."""
+  keys = set()
+  for file in csv_files:
+    file = pathlib.Path(file)
+    if file.exists():
+      with file.open(newline="") as f:
+        keys |= {(r["name"], str(r["seed"])) for r in csv.DictReader(f)}
+  return keys
+
+
+# ----------------------------------------------------------------------------- what a run left
+
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+  """The records of a run's metrics.jsonl (lines cut short by a killed process are skipped)."""
+  path = workdir / "metrics.jsonl"
+  rows = []
+  if path.exists():
+    for line in path.read_text().splitlines():
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return rows
+
+
+def evaluations(rows: list[dict]) -> list[dict]:
+  """One {epoch, step, test_accuracy, test_loss} per evaluation of the run, in step order."""
+  out = {}
+  for r in rows:
+    if "eval/accuracy" in r:
+      out[r["step"]] = {
+        "epoch": r.get("epoch", ""),
+        "step": r["step"],
+        "test_accuracy": r["eval/accuracy"],
+        "test_loss": r.get("eval/loss", ""),
+      }
+  return [out[s] for s in sorted(out)]
+
+
+def result_row(run: Run, workdir: pathlib.Path, status: str, wall_s: float, device: str) -> dict:
+  """The results CSV row of a finished run, from its workdir."""
+  rows = read_metrics(workdir)
+  evals = [e for e in evaluations(rows) if isinstance(e["test_accuracy"], float)]
+  rates = [r["train/images_per_sec"] for r in rows if "train/images_per_sec" in r]
+  try:
+    config = json.loads((workdir / "config.json").read_text())
+  except (OSError, json.JSONDecodeError):
+    config = {}
+  data = config.get("data.name", "")
+  if config.get("data.path"):
+    data += f":{pathlib.Path(config['data.path']).name}"
+  return {
+    "name": run.name,
+    "config": run.config,
+    "overrides": " ".join(run.overrides),
+    "seed": run.seed,
+    "status": status,
+    "test_accuracy": evals[-1]["test_accuracy"] if evals else math.nan,
+    "best_test_accuracy": max(e["test_accuracy"] for e in evals) if evals else math.nan,
+    "epochs": evals[-1]["epoch"] if evals else "",
+    "steps": max((r["step"] for r in rows), default=0),
+    "wall_s": round(wall_s, 1),
+    # The median of the log windows (the trainer times the compiling first call apart).
+    "images_per_sec": round(statistics.median(rates), 1) if rates else "",
+    "device": device,
+    "data": data,
+  }
+
+
+def write_csv(path: pathlib.Path, columns, rows: list[dict]) -> None:
+  """Writes the rows whole, through a temporary file (a reader never sees half a file)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  with tmp.open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+  tmp.replace(path)
+
+
+def read_csv(path: pathlib.Path) -> list[dict]:
+  if not path.exists():
+    return []
+  with path.open(newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def probe_device() -> str:
+  """ "N x KIND" of the device JAX sees, asked of a short process that preallocates nothing."""
+  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+  code = "import jax; d = jax.devices(); print(f'{len(d)} x {d[0].device_kind}')"
+  out = subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+  )
+  lines = out.stdout.strip().splitlines()
+  return lines[-1] if out.returncode == 0 and lines else "unknown"
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclasses.dataclass
+class Active:
+  run: Run
+  process: subprocess.Popen
+  started: float
+  log: object
+
+
+class Launcher:
+  """Runs the list's unfinished runs, `parallel` at a time, within an optional time budget."""
+
+  def __init__(self, args, runs: list[Run], extra: list[str]):
+    self.args, self.runs, self.extra = args, runs, extra
+    self.root = pathlib.Path(args.root).resolve()
+    self.results = pathlib.Path(args.results or self.root / "results.csv")
+    self.epochs_csv = pathlib.Path(args.epochs_csv or self.root / "epochs.csv")
+    self.deadline = time.time() + args.budget_s if args.budget_s else math.inf
+    self.device = args.device
+    self.failed, self.stopped = [], []
+
+  def log(self, message: str) -> None:
+    print(f"[multi_run {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+  def pending(self) -> list[Run]:
+    """Runs without a result: not in a skip CSV, no result.json (its row is re-added if lost)."""
+    skip = finished_keys(self.args.skip_csv)
+    out = []
+    for run in self.runs:
+      if not (ROOT / run.config).is_file():  # one bad line must not cost the others their turn
+        self.failed.append(run)
+        self.log(f"FAILED {run.name} seed {run.seed}: config file {run.config} does not exist")
+      elif run.key in skip:
+        self.log(f"skip {run.name} seed {run.seed}: in {', '.join(self.args.skip_csv)}")
+      elif (run.workdir(self.root) / RESULT_FILE).exists():
+        self.log(f"skip {run.name} seed {run.seed}: finished in {run.workdir(self.root)}")
+        self.record(json.loads((run.workdir(self.root) / RESULT_FILE).read_text()))
+      else:
+        out.append(run)
+    return out
+
+  def record(self, row: dict) -> None:
+    """Adds (or replaces) the run's row in the results CSV."""
+    rows = [
+      r for r in read_csv(self.results) if (r["name"], r["seed"]) != (row["name"], str(row["seed"]))
+    ]
+    write_csv(self.results, RESULT_COLUMNS, rows + [row])
+
+  def start(self, run: Run) -> Active:
+    workdir = run.workdir(self.root)
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{self.args.memory / self.args.parallel:.3f}"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    command = run.command(self.root, self.extra)
+    log = (workdir / "train.log").open("a")
+    log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
+    log.flush()
+    self.log(f"start {run.name} seed {run.seed} in {workdir}")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+    return Active(run, process, time.time(), log)
+
+  def finish(self, active: Active, stopped: bool) -> None:
+    """Books a process that ended: wall time, and a result where the run finished or diverged."""
+    active.log.close()
+    run, code = active.run, active.process.returncode
+    workdir = run.workdir(self.root)
+    state_file = workdir / STATE_FILE
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"wall_s": 0.0}
+    state["wall_s"] += time.time() - active.started
+    state_file.write_text(json.dumps(state))
+    tail = (workdir / "train.log").read_text()[-4000:]
+    if stopped:
+      self.stopped.append(run)
+      self.log(f"stopped {run.name} seed {run.seed} (time budget); it resumes next time")
+      return
+    if code == 0:
+      status = "done"
+    elif code == 2 and any(d in tail for d in DIVERGED):
+      status = "diverged"
+    else:
+      self.failed.append(run)
+      self.log(f"FAILED {run.name} seed {run.seed} (exit {code}); see {workdir / 'train.log'}")
+      return
+    if self.device is None:
+      self.device = probe_device()
+    row = result_row(run, workdir, status, state["wall_s"], self.device)
+    write_csv(workdir / "test_accuracy.csv", EPOCH_COLUMNS, evaluations(read_metrics(workdir)))
+    (workdir / RESULT_FILE).write_text(json.dumps(row, indent=1))
+    self.record(row)
+    self.log(
+      f"{status} {run.name} seed {run.seed}: test accuracy {row['test_accuracy']:.4f} "
+      f"(best {row['best_test_accuracy']:.4f}), {row['wall_s']} s"
+    )
+
+  def write_epochs(self) -> None:
+    """All evaluations of the list's runs so far, finished or not, in one CSV."""
+    rows = []
+    for run in self.runs:
+      for e in evaluations(read_metrics(run.workdir(self.root))):
+        rows.append({"name": run.name, "seed": run.seed, **e})
+    if rows:
+      write_csv(self.epochs_csv, ("name", "seed", *EPOCH_COLUMNS), rows)
+
+  def run(self) -> int:
+    pending, active = self.pending(), []
+    try:
+      while pending or active:
+        left = self.deadline - time.time()
+        while pending and len(active) < self.args.parallel and left >= self.args.min_start_s:
+          active.append(self.start(pending.pop(0)))
+        if pending and not active and left < self.args.min_start_s:
+          break
+        if left <= 0:
+          for a in active:
+            self.stop(a)
+          active = []
+          break
+        time.sleep(self.args.poll_s)
+        for a in [a for a in active if a.process.poll() is not None]:
+          active.remove(a)
+          self.finish(a, stopped=False)
+    finally:  # an interrupted launcher must not leave runs going
+      for a in active:
+        self.stop(a)
+      self.write_epochs()
+    for run in pending:
+      self.log(f"not started {run.name} seed {run.seed} (time budget); it starts next time")
+    unfinished = len(self.stopped) + len(pending)
+    self.log(
+      f"{len(self.runs)} runs in the list: {len(self.failed)} failed, {unfinished} unfinished; "
+      f"results in {self.results}"
+    )
+    return 1 if self.failed else 0
+
+  def stop(self, active: Active) -> None:
+    """Stops a run that is still going (it keeps its last checkpoint) and books it."""
+    stopped = active.process.poll() is None
+    if stopped:
+      active.process.terminate()
+      try:
+        active.process.wait(timeout=10)
+      except subprocess.TimeoutExpired:
+        active.process.kill()
+        active.process.wait()
+    if not active.log.closed:
+      self.finish(active, stopped=stopped)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--runs", required=True, help="the run list file (CSV)")
+  parser.add_argument("--root", required=True, help="workdirs go in ROOT/NAME/seed_SEED")
+  parser.add_argument("--parallel", type=int, default=2, help="runs at once on the device")
+  parser.add_argument("--memory", type=float, default=0.9, help="accelerator memory, shared")
+  parser.add_argument("--results", help="results CSV (default ROOT/results.csv)")
+  parser.add_argument("--epochs_csv", help="evaluations CSV (default ROOT/epochs.csv)")
+  parser.add_argument(
+    "--skip_csv", action="append", default=[], help="results CSV whose runs are skipped"
+  )
+  parser.add_argument("--budget_s", type=float, default=0, help="time budget; 0: none")
+  parser.add_argument(
+    "--min_start_s", type=float, default=60, help="start no run with less time than this left"
+  )
+  parser.add_argument("--only", default="", help="comma-separated run names to run")
+  parser.add_argument("--device", help="the device column (default: asked of JAX)")
+  parser.add_argument("--poll_s", type=float, default=1.0, help=argparse.SUPPRESS)
+  parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then flags for every run")
+  args = parser.parse_args(argv)
+  if args.parallel < 1 or not 0 < args.memory <= 1:
+    parser.error(f"--parallel {args.parallel} must be >= 1 and --memory {args.memory} in (0, 1]")
+  return args
+
+
+def main(argv=None) -> int:
+  # A terminated launcher stops its runs first (the `finally` of Launcher.run).
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+  args = parse_args(argv)
+  extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+  runs = read_runs(args.runs)
+  only = [n for n in args.only.split(",") if n]
+  unknown = sorted(set(only) - {r.name for r in runs})
+  if unknown:
+    raise SystemExit(f"error: --only names {unknown[0]!r}, which is not in {args.runs}")
+  runs = [r for r in runs if not only or r.name in only]
+  return Launcher(args, runs, extra).run()
+
+
+if __name__ == "__main__":
+  sys.exit(main())
