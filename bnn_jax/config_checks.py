@@ -141,7 +141,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key, (kind, (predicate, allowed)) in _OPTIONAL_RULES.items():
     if _has(config, key):
       _check_value(key, _get(config, key), kind, predicate, allowed)
-  _check_model_options(config)
+  models.check_model_options(config.model)
   if DATASETS[config.data.name].host_fed:
     _check_host_fed(config)
   for key in ("batch_size", "eval_batch_size"):
@@ -163,16 +163,6 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     )
   if config.data.name in ("npz", "mnist") and not config.data.path:
     raise InputError(f"config.data.name {config.data.name!r} needs config.data.path, a folder")
-
-
-def _check_model_options(config) -> None:
-  options = models.model_options(config.model.name)
-  for key in config.model:
-    if key not in ("name", "binary") and key not in options:
-      raise InputError(
-        f"config.model.{key} is not an option of model {config.model.name!r}; its options are: "
-        f"{', '.join(options)}"
-      )
 
 
 def _check_host_fed(config) -> None:

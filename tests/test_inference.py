@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bnn_jax import layers, models, run
+from bnn_jax import layers, models, run, stages
 from bnn_jax.deploy import inference, lowering
 from bnn_jax.errors import InputError
 from tests.conftest import require_fashion_mnist
@@ -297,27 +297,21 @@ class _ConvBnPoolNet(nnx.Module):
     self.act2 = kit.activation()
     self.head = models.float_kit().dense(6, 3, True, rngs)
 
+  def stages(self):
+    return [
+      *map(stages.Layer, ["conv0", "bn0", "act0", "conv1", "bn1"]),
+      models.pool_2x2("pool1"),
+      stages.Layer("act1"),
+      stages.Flatten("flatten"),
+      *map(stages.Layer, ["fc", "bn2", "act2", "head"]),
+    ]
+
   def __call__(self, x, train=False):
-    x = self.act0(self.bn0(self.conv0(x), use_running_average=not train))
-    x = self.bn1(self.conv1(x), use_running_average=not train)
-    x = self.act1(models.max_pool(x))
-    x = self.act2(self.bn2(self.fc(x.reshape(x.shape[0], -1)), use_running_average=not train))
-    return self.head(x)
-
-
-def _lower_conv_bn_pool(model, b):
-  x = b.apply("act0", model.act0, b.apply("bn0", model.bn0, b.apply("conv0", model.conv0, b.input)))
-  x = b.apply("bn1", model.bn1, b.apply("conv1", model.conv1, x))
-  x = b.apply("act1", model.act1, b.max_pool("pool1", x, 2, 2))
-  x = b.apply("fc", model.fc, b.flatten("flatten", x))
-  return b.apply("head", model.head, b.apply("act2", model.act2, b.apply("bn2", model.bn2, x)))
+    return stages.forward(self, x, train)
 
 
 @pytest.mark.parametrize("mode", ["step", "sign"])
-def test_pooling_after_a_negative_batch_norm_and_binary_dense_with_bias(
-  test_config, mode, monkeypatch
-):
-  monkeypatch.setitem(lowering.LOWERINGS, _ConvBnPoolNet, _lower_conv_bn_pool)
+def test_pooling_after_a_negative_batch_norm_and_binary_dense_with_bias(test_config, mode):
   test_config.binary.activation_mode = mode
   model = _ConvBnPoolNet(models.binary_kit(test_config.binary), nnx.Rngs(0))
   model = randomize(model, 3, negative=True, image_shape=(8, 8, 3))
