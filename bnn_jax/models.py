@@ -104,7 +104,7 @@ def pool_3x3(name: str, padding="VALID") -> MaxPool:
 
 
 class _Network(nnx.Module):
-  """A model: its forward pass is `stages()`; the logits come out in float32 (also in bfloat16)."""
+  """A model: its forward pass is `stages`; the logits come out in float32 (also in bfloat16)."""
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     return forward(self, x, train).astype(jnp.float32)
@@ -114,7 +114,7 @@ class VGGSmall(_Network):
   """VGG-Small (LQ-Nets layout), 3x3 convs, no conv bias, pooling after convs 1, 3 and 5.
 
   conv0 (full precision), then BN -> act -> conv for convs 1-5, BN, act6, flatten, head (dense,
-  full precision, with bias); `stages()` is the exact order. With the binary kit convs 1-5 are
+  full precision, with bias); `stages` is the exact order. With the binary kit convs 1-5 are
   binary and "act" binarizes; act6 is ReLU or, with final_activation="binary", the kit's.
   """
 
@@ -130,15 +130,14 @@ class VGGSmall(_Network):
   ):
     channels = _scaled(VGG_SMALL_CHANNELS, width)
     height, width_px, in_channels = image_shape
-    dtype = kit.dtype
-    fp = float_kit(dtype)
+    fp = float_kit(kit.dtype)
     # Named attributes (conv1, bn1, act1, ...) give readable paths in logs and exports.
     self.conv0 = fp.conv(in_channels, channels[0], (3, 3), 1, rngs)
     for i in range(1, 6):
-      setattr(self, f"bn{i}", batch_norm(channels[i - 1], rngs, dtype))
+      setattr(self, f"bn{i}", batch_norm(channels[i - 1], rngs, kit.dtype))
       setattr(self, f"act{i}", kit.activation())
       setattr(self, f"conv{i}", kit.conv(channels[i - 1], channels[i], (3, 3), 1, rngs))
-    self.bn6 = batch_norm(channels[5], rngs, dtype)
+    self.bn6 = batch_norm(channels[5], rngs, kit.dtype)
     self.act6 = _final_activation(kit, final_activation)
     height, width_px = height // 8, width_px // 8  # three 2x2 poolings
     if height < 1 or width_px < 1:
@@ -146,13 +145,13 @@ class VGGSmall(_Network):
     self.head = fp.dense(height * width_px * channels[-1], num_classes, True, rngs)
     self.pool_after = (1, 3, 5)
 
+  @property
   def stages(self) -> list:
     """The forward pass (bnn_jax.stages), walked by training and by the export alike."""
     out = [Layer("conv0")]
     for i in range(1, 6):
       out += [Layer(f"bn{i}"), Layer(f"act{i}"), Layer(f"conv{i}")]
-      if i in self.pool_after:
-        out.append(pool_2x2(f"pool{i}"))
+      out += [pool_2x2(f"pool{i}")] if i in self.pool_after else []
     return [*out, Layer("bn6"), Layer("act6"), Flatten("flatten"), Layer("head")]
 
 
@@ -180,7 +179,7 @@ class AlexNet(_Network):
 
   Convs without bias: conv1 11x11, stride 4, padding 2, full precision; conv2 5x5; conv3-5 3x3
   (SAME); a 3x3 max-pool (stride 2, VALID) after conv1, conv2 and conv5; fc6 and fc7 without
-  bias, fc8 full precision with bias; BN -> act between layers; `stages()` is the exact order.
+  bias, fc8 full precision with bias; BN -> act between layers; `stages` is the exact order.
   With the binary kit conv2-conv5, fc6 and fc7 are binary and act1-act6 binarize; act7 is ReLU
   or, with final_activation="binary", the kit's activation. With the float kit every act is ReLU.
   At 224x224 the spatial sizes are 55, 27, 13, 6 (fc6 sees 256 * 6 * 6 = 9216 inputs).
@@ -199,12 +198,11 @@ class AlexNet(_Network):
     channels = _scaled(ALEXNET_CHANNELS, width)
     hidden = max(1, round(ALEXNET_HIDDEN * width))
     height, width_px, in_channels = image_shape
-    dtype = kit.dtype
-    fp = float_kit(dtype)
+    fp = float_kit(kit.dtype)
     self.conv1 = fp.conv(in_channels, channels[0], (11, 11), 4, rngs, padding=((2, 2), (2, 2)))
     kernels = {2: (5, 5), 3: (3, 3), 4: (3, 3), 5: (3, 3)}
     for i in range(1, 6):
-      setattr(self, f"bn{i}", batch_norm(channels[i - 1], rngs, dtype))
+      setattr(self, f"bn{i}", batch_norm(channels[i - 1], rngs, kit.dtype))
       setattr(self, f"act{i}", kit.activation())
       if i < 5:
         conv = kit.conv(channels[i - 1], channels[i], kernels[i + 1], 1, rngs)
@@ -216,20 +214,20 @@ class AlexNet(_Network):
     if height < 1 or width_px < 1:
       raise ValueError(f"image_shape {image_shape} is too small for AlexNet: need at least 63x63")
     self.fc6 = kit.dense(height * width_px * channels[4], hidden, False, rngs)
-    self.bn6 = batch_norm(hidden, rngs, dtype)
+    self.bn6 = batch_norm(hidden, rngs, kit.dtype)
     self.act6 = kit.activation()
     self.fc7 = kit.dense(hidden, hidden, False, rngs)
-    self.bn7 = batch_norm(hidden, rngs, dtype)
+    self.bn7 = batch_norm(hidden, rngs, kit.dtype)
     self.act7 = _final_activation(kit, final_activation)
     self.fc8 = fp.dense(hidden, num_classes, True, rngs)
 
+  @property
   def stages(self) -> list:
     """The forward pass (bnn_jax.stages), walked by training and by the export alike."""
     out = [Layer("conv1"), pool_3x3("pool1")]
     for i in range(2, 6):
       out += [Layer(f"bn{i - 1}"), Layer(f"act{i - 1}"), Layer(f"conv{i}")]
-      if i in (2, 5):
-        out.append(pool_3x3(f"pool{i}"))
+      out += [pool_3x3(f"pool{i}")] if i in (2, 5) else []
     out += [Layer("bn5"), Layer("act5"), Flatten("flatten")]
     for i in (6, 7):
       out += [Layer(f"fc{i}"), Layer(f"bn{i}"), Layer(f"act{i}")]
@@ -270,23 +268,23 @@ class ResNetBlock(nnx.Module):
       raise ValueError(f"unknown shortcut {shortcut!r}; allowed: {', '.join(SHORTCUTS)}")
     if downsample not in DOWNSAMPLES:
       raise ValueError(f"unknown downsample {downsample!r}; allowed: {', '.join(DOWNSAMPLES)}")
-    dtype = kit.dtype
     self.shortcut = shortcut
-    self.bn1 = batch_norm(in_channels, rngs, dtype)
+    self.bn1 = batch_norm(in_channels, rngs, kit.dtype)
     self.act1 = kit.activation()
     self.conv1 = kit.conv(in_channels, out_channels, (3, 3), stride, rngs, padding=_PAD1)
-    self.bn2 = batch_norm(out_channels, rngs, dtype)
+    self.bn2 = batch_norm(out_channels, rngs, kit.dtype)
     self.act2 = kit.activation()
     self.conv2 = kit.conv(out_channels, out_channels, (3, 3), 1, rngs, padding=_PAD1)
     if stride != 1 or in_channels != out_channels:
       self.downsample_input = downsample
-      conv = kit.conv if downsample == "binary" else float_kit(dtype).conv
+      conv = kit.conv if downsample == "binary" else float_kit(kit.dtype).conv
       self.downsample_conv = conv(in_channels, out_channels, (1, 1), stride, rngs, padding="VALID")
-      self.downsample_bn = batch_norm(out_channels, rngs, dtype)
+      self.downsample_bn = batch_norm(out_channels, rngs, kit.dtype)
     else:  # identity shortcut
       self.downsample_input = None
       self.downsample_conv = self.downsample_bn = None
 
+  @property
   def stages(self) -> list:
     """The block's forward pass (bnn_jax.stages): the order of the docstring."""
     out, skip = [Layer("bn1"), Layer("act1")], "input"
@@ -315,7 +313,7 @@ class ResNet18(_Network):
   A stem (7x7 conv, stride 2, padding 3, full precision; BN; ReLU; 3x3 max-pool, stride 2,
   padding 1), eight blocks stage{1-4}_block{1,2} of 64, 128, 256, 512 channels (the first block
   of stages 2-4 has stride 2), final_bn, final_act, global average pooling and the head (dense,
-  full precision, with bias); `stages()` is the exact order. Each block is a ResNetBlock (see
+  full precision, with bias); `stages` is the exact order. Each block is a ResNetBlock (see
   its docstring for the shortcut and downsample switches). final_act is ReLU or, with
   final_activation="binary", the kit's activation. With the binary kit the sixteen 3x3 block
   convs are binary; the 1x1 downsample convs only with downsample="binary". 11.69 M parameters
@@ -336,10 +334,9 @@ class ResNet18(_Network):
   ):
     channels = _scaled(RESNET18_STAGES, width)
     in_channels = image_shape[-1]
-    dtype = kit.dtype
-    fp = float_kit(dtype)
+    fp = float_kit(kit.dtype)
     self.stem_conv = fp.conv(in_channels, channels[0], (7, 7), 2, rngs, padding=((3, 3), (3, 3)))
-    self.stem_bn = batch_norm(channels[0], rngs, dtype)
+    self.stem_bn = batch_norm(channels[0], rngs, kit.dtype)
     self.block_names = []
     previous = channels[0]
     for s, c in enumerate(channels, start=1):
@@ -352,10 +349,11 @@ class ResNet18(_Network):
         setattr(self, name, block)
         self.block_names.append(name)
         previous = c
-    self.final_bn = batch_norm(previous, rngs, dtype)
+    self.final_bn = batch_norm(previous, rngs, kit.dtype)
     self.final_act = _final_activation(kit, final_activation)
     self.head = fp.dense(previous, num_classes, True, rngs)
 
+  @property
   def stages(self) -> list:
     """The forward pass (bnn_jax.stages), walked by training and by the export alike."""
     stem = [Layer("stem_conv"), Layer("stem_bn"), Relu("stem_relu")]

@@ -1,14 +1,15 @@
 """A network's forward pass written once, as data: named stages that training and export walk.
 
-Each model lists its forward pass in `stages()`, a list of the stages below. `forward` runs that
-list for training and evaluation; `bnn_jax.deploy.lowering` walks the same list into a Program.
-So the layer order of a network exists in one place, and a mistake in it shows up as a
-difference between the model and the known layouts its tests spell out, not in both copies.
+Each model lists its forward pass in its property `stages`: a list of the stages below.
+`forward` runs that list for training and evaluation; `bnn_jax.deploy.lowering` walks the same
+list into a Program. So the layer order of a network exists in one place, and a mistake in it
+shows up as a difference between the model and the known layouts its tests spell out, not in
+both copies.
 
 A stage's `name` names its output value; `inputs` name earlier values ("input" is the module's
 input); no inputs means the previous stage's output. A `Layer` applies the module's attribute of
 the same name: a conv, dense, BatchNorm, binary activation or activation function, or a block
-(a module with its own `stages()`, walked in turn: a residual block).
+(a module with its own `stages`, walked in turn: a residual block).
 """
 
 import dataclasses
@@ -94,18 +95,20 @@ class Add(Stage):
 
 
 def is_staged(module) -> bool:
-  """Whether `module` describes its forward pass with `stages()`."""
-  return callable(getattr(module, "stages", None))
+  """Whether `module` describes its forward pass with a `stages` property."""
+  # A property, not a method: nnx.capture(..., method_outputs=...) records what every public
+  # method returns, and a list of stages is not an array.
+  return isinstance(getattr(type(module), "stages", None), property)
 
 
 def walk(module: nnx.Module, x, step: Callable):
-  """Goes through `module.stages()` in order; step(stage, input values) gives each output.
+  """Goes through `module.stages` in order; step(stage, input values) gives each output.
 
   Returns the last stage's output. The values are whatever `step` makes of them: arrays in
   training, lowered values in the export.
   """
   values = {INPUT: x}
-  for stage in module.stages():
+  for stage in module.stages:
     if stage.name in values:
       raise ValueError(f"stage name {stage.name!r} of {type(module).__name__} is used twice")
     args = [values[name] for name in stage.inputs] if stage.inputs else [x]

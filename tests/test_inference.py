@@ -297,6 +297,7 @@ class _ConvBnPoolNet(nnx.Module):
     self.act2 = kit.activation()
     self.head = models.float_kit().dense(6, 3, True, rngs)
 
+  @property
   def stages(self):
     return [
       *map(stages.Layer, ["conv0", "bn0", "act0", "conv1", "bn1"]),

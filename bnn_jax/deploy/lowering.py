@@ -1,6 +1,6 @@
 """Lowers a trained NNX model to an inference Program: packed weights, folded BatchNorm.
 
-The lowering walks the model's own `stages()` (bnn_jax.stages), the list its `__call__` runs, and
+The lowering walks the model's own `stages` (bnn_jax.stages), the list its `__call__` runs, and
 hands every layer to a `Builder`; so no network's layer order is written here. The builder
 decides by value kind what to emit:
 
@@ -339,7 +339,7 @@ def _lower_stage(b: Builder, module: nnx.Module, stage: stages.Stage, name: str,
 
 
 def _lower_stages(b: Builder, module: nnx.Module, x: Value, prefix: str = "") -> Value:
-  """Walks `module.stages()`, the list its own forward pass runs, into ops."""
+  """Walks `module.stages`, the list its own forward pass runs, into ops."""
   step = lambda stage, args: _lower_stage(b, module, stage, prefix + stage.name, args)
   return stages.walk(module, x, step)
 
@@ -351,7 +351,7 @@ def lower(model: nnx.Module, image_shape, mean=None, std=None, metadata=None) ->
   """
   if not stages.is_staged(model):
     raise NotImplementedError(
-      f"no export for {type(model).__name__}: it does not list its forward pass in stages()"
+      f"no export for {type(model).__name__}: it does not list its forward pass as `stages`"
     )
   channels = image_shape[-1]
   b = Builder(image_shape)
