@@ -18,7 +18,21 @@ _NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
 _FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 _ANY = (lambda v: True, "")
 
-# dotted key -> (type, (predicate, what is allowed))
+
+def _sizes(n: int, what: str):
+  return (
+    lambda v: len(v) == n and all(_type_ok(d, int) and d > 0 for d in v),
+    f"{n} integers > 0 ({what})",
+  )
+
+
+_INCREASING_EPOCHS = (
+  lambda v: all(_type_ok(e, float) and e >= 0 for e in v) and list(v) == sorted(v),
+  "epochs >= 0 in increasing order, e.g. (100.0, 150.0)",
+)
+
+# dotted key -> (type, (predicate, what is allowed)): one line a key. Every key of every config
+# file needs a rule here (tests/test_config_rules.py); a key of configs/base.py goes in _RULES.
 _RULES = {
   "seed": (int, _ANY),
   "model.name": (str, _choice(*sorted(models.MODELS))),
@@ -35,16 +49,25 @@ _RULES = {
   "binary.beta_init": (float, _POSITIVE),
   "data.name": (str, _choice(*DATASETS)),
   "data.path": (str, _ANY),
+  "data.tfds_data_dir": (str, _ANY),
+  "data.manual_dir": (str, _ANY),
   "data.augment": (str, _choice(*in_memory.AUGMENTATIONS)),
   "data.train_subset": (int, _NON_NEGATIVE),
+  "data.fake_image_shape": (tuple, _sizes(3, "height, width, channels")),
+  "data.fake_num_classes": (int, _POSITIVE),
+  "data.fake_train_size": (int, _POSITIVE),
+  "data.fake_test_size": (int, _POSITIVE),
+  "data.fake_seed": (int, _ANY),
   "optimizer.name": (str, _choice(*optim.OPTIMIZERS)),
   "optimizer.learning_rate": (float, _POSITIVE),
   "optimizer.b1": (float, _FRACTION),
   "optimizer.b2": (float, _FRACTION),
   "optimizer.eps": (float, _POSITIVE),
   "optimizer.momentum": (float, _FRACTION),
+  "optimizer.nesterov": (bool, _ANY),
   "optimizer.schedule": (str, _choice(*optim.SCHEDULES)),
   "optimizer.warmup_epochs": (float, _NON_NEGATIVE),
+  "optimizer.decay_epochs": (tuple, _INCREASING_EPOCHS),
   "optimizer.decay_factor": (float, _POSITIVE),
   "optimizer.weight_decay": (float, _NON_NEGATIVE),
   "optimizer.scale_l2": (float, _NON_NEGATIVE),
@@ -80,14 +103,18 @@ _OPTIONAL_RULES = {
   "data.shuffle_buffer": (int, _POSITIVE),
   "data.num_threads": (int, _NON_NEGATIVE),
   "data.prefetch_batches": (int, _NON_NEGATIVE),
+  "data.synthetic_image_shape": (tuple, _sizes(2, "height, width")),
   "data.synthetic_num_images": (int, _POSITIVE),
   "data.synthetic_num_classes": (int, _POSITIVE),
   "data.synthetic_train_size": (int, _POSITIVE),
   "data.synthetic_eval_size": (int, _POSITIVE),
 }
-_HOST_FED_KEYS = [k for k in _OPTIONAL_RULES if k.startswith("data.")] + [
-  "data.synthetic_image_shape"
-]
+_HOST_FED_KEYS = [k for k in _OPTIONAL_RULES if k.startswith("data.")]
+
+
+def ruled_keys() -> set[str]:
+  """The dotted config keys that have a rule here."""
+  return set(_RULES) | set(_OPTIONAL_RULES)
 
 
 _MISSING = object()
@@ -117,6 +144,8 @@ def _type_ok(value, kind) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
   if kind is float:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+  if kind is tuple:  # a list where the config came from JSON
+    return isinstance(value, tuple | list)
   return isinstance(value, kind)
 
 

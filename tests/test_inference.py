@@ -12,7 +12,7 @@ from flax import nnx
 from bnn_jax import layers, models, run, stages
 from bnn_jax.deploy import inference, lowering
 from bnn_jax.errors import InputError
-from tests.conftest import require_fashion_mnist
+from tests.conftest import ROOT, require_fashion_mnist
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -336,6 +336,21 @@ def test_engine_imports_no_training_code():
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip() == "[]"
+
+
+DEPLOY_MODULES = sorted(p.stem for p in (ROOT / "bnn_jax" / "deploy").glob("*.py"))
+
+
+@pytest.mark.parametrize("name", DEPLOY_MODULES)
+def test_no_deployment_module_imports_the_training_loop(name):
+  """Deployment reads a run through bnn_jax.run, never through the training loop."""
+  assert {"export", "inference", "lowering"} <= set(DEPLOY_MODULES)
+  code = f"import sys, bnn_jax.deploy.{name}; print('bnn_jax.train' in sys.modules)"
+  done = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == "False", f"bnn_jax.deploy.{name} imports bnn_jax.train"
 
 
 def test_images_of_the_wrong_shape_are_refused(test_config):
