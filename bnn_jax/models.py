@@ -16,7 +16,7 @@ from flax import nnx
 
 from bnn_jax import layers
 from bnn_jax.errors import InputError
-from bnn_jax.stages import Add, Flatten, GlobalAvgPool, Layer, MaxPool, Relu, forward
+from bnn_jax.stages import INPUT, Add, Flatten, GlobalAvgPool, Layer, MaxPool, Relu, forward
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,13 +24,12 @@ class LayerKit:
   """Factories for the layers a model swaps between full precision and binary.
 
   conv(in, out, kernel_size, strides, rngs) -> module; dense(in, out, use_bias, rngs) -> module;
-  activation() -> module or callable. `binary` tells whether they are binary layers.
+  activation() -> module or callable; dtype: the compute dtype (None: float32).
   """
 
   conv: Callable
   dense: Callable
   activation: Callable
-  binary: bool
   dtype: object = None
 
 
@@ -52,7 +51,7 @@ def float_kit(dtype=None) -> LayerKit:
   def dense(cin, cout, use_bias, rngs):
     return nnx.Linear(cin, cout, use_bias=use_bias, dtype=dtype, rngs=rngs)
 
-  return LayerKit(conv=conv, dense=dense, activation=lambda: nnx.relu, binary=False, dtype=dtype)
+  return LayerKit(conv=conv, dense=dense, activation=lambda: nnx.relu, dtype=dtype)
 
 
 def binary_kit(cfg: ml_collections.ConfigDict, dtype=None) -> LayerKit:
@@ -77,7 +76,7 @@ def binary_kit(cfg: ml_collections.ConfigDict, dtype=None) -> LayerKit:
       beta_init=cfg.beta_init,
     )
 
-  return LayerKit(conv=conv, dense=dense, activation=activation, binary=True, dtype=dtype)
+  return LayerKit(conv=conv, dense=dense, activation=activation, dtype=dtype)
 
 
 def batch_norm(features: int, rngs: nnx.Rngs, dtype=None) -> nnx.BatchNorm:
@@ -287,9 +286,9 @@ class ResNetBlock(nnx.Module):
   @property
   def stages(self) -> list:
     """The block's forward pass (bnn_jax.stages): the order of the docstring."""
-    out, skip = [Layer("bn1"), Layer("act1")], "input"
+    out, skip = [Layer("bn1"), Layer("act1")], INPUT
     if self.downsample_conv is not None:
-      source = "act1" if self.downsample_input == "binary" else "input"
+      source = "act1" if self.downsample_input == "binary" else INPUT
       out += [Layer("downsample_conv", inputs=(source,)), Layer("downsample_bn")]
       skip = "downsample_bn"
     out.append(Layer("conv1", inputs=("act1",)))

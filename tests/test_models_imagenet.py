@@ -125,6 +125,44 @@ def test_alexnet_first_and_last_layers_and_activations():
   assert isinstance(binary_final.act7, layers.BinaryActivation)
 
 
+def _order(model) -> str:
+  """A model's `stages` in a line: names, pools with window/stride(/padding), inputs."""
+  parts = []
+  for s in model.stages:
+    part = s.name
+    if hasattr(s, "window"):
+      pad = "" if s.padding == "VALID" else f"/pad{s.padding[0][0]}"
+      part += f"[{s.window[0]}x{s.window[1]}/{s.strides[0]}{pad}]"
+    parts.append(part + (f"({','.join(s.inputs)})" if s.inputs else ""))
+  return " ".join(parts)
+
+
+def test_forward_passes_are_the_published_layouts():
+  """The layer orders, spelled out here independently of the models' `stages` (which training
+  and the export both walk, so an order mistake there would pass every exactness test)."""
+  assert _order(_tiny_abstract("alexnet")) == (
+    "conv1 pool1[3x3/2] bn1 act1 conv2 pool2[3x3/2] bn2 act2 conv3 bn3 act3 conv4 bn4 act4 "
+    "conv5 pool5[3x3/2] bn5 act5 flatten fc6 bn6 act6 fc7 bn7 act7 fc8"
+  )
+  blocks = " ".join(f"stage{s}_block{b}" for s in (1, 2, 3, 4) for b in (1, 2))
+  assert _order(_tiny_abstract("resnet18")) == (
+    f"stem_conv stem_bn stem_relu stem_pool[3x3/2/pad1] {blocks} final_bn final_act pool head"
+  )
+  model = _tiny_abstract("resnet18", shortcut="bireal", downsample="binary")
+  assert _order(model.stage1_block1) == (  # identity shortcut
+    "bn1 act1 conv1(act1) add1(conv1,input) bn2 act2 conv2 add2(conv2,add1)"
+  )
+  assert _order(model.stage2_block1) == (
+    "bn1 act1 downsample_conv(act1) downsample_bn conv1(act1) add1(conv1,downsample_bn) "
+    "bn2 act2 conv2 add2(conv2,add1)"
+  )
+  block = _tiny_abstract("resnet18").stage2_block1  # shortcut="block", downsample="float"
+  assert _order(block) == (
+    "bn1 act1 downsample_conv(input) downsample_bn conv1(act1) bn2 act2 conv2 "
+    "add(conv2,downsample_bn)"
+  )
+
+
 def test_resnet18_stem_head_and_downsamples_are_full_precision_by_default():
   model = _tiny_abstract("resnet18")
   assert isinstance(model.stem_conv, nnx.Conv) and isinstance(model.head, nnx.Linear)
