@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-INPUT = "input"
+INPUT = "input"  # the name of a module's input among the values its stages read
 
 
 @dataclasses.dataclass(frozen=True)
