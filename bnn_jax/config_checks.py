@@ -19,16 +19,20 @@ _FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 _ANY = (lambda v: True, "")
 
 
-def _increasing_epochs(values) -> bool:
-  numbers_ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+def _sizes(n: int, what: str):
   return (
-    numbers_ok and all(v >= 0 for v in values) and all(a < b for a, b in zip(values, values[1:]))
+    lambda v: len(v) == n and all(_type_ok(d, int) and d > 0 for d in v),
+    f"{n} integers > 0 ({what})",
   )
 
 
-_EPOCH_LIST = (_increasing_epochs, "a tuple of epochs >= 0 in increasing order, e.g. (100, 150)")
+_INCREASING_EPOCHS = (
+  lambda v: all(_type_ok(e, float) and e >= 0 for e in v) and list(v) == sorted(v),
+  "epochs >= 0 in increasing order, e.g. (100.0, 150.0)",
+)
 
-# dotted key -> (type, (predicate, what is allowed))
+# dotted key -> (type, (predicate, what is allowed)): one line a key. Every key of every config
+# file needs a rule here (tests/test_config_rules.py); a key of configs/base.py goes in _RULES.
 _RULES = {
   "seed": (int, _ANY),
   "model.name": (str, _choice(*sorted(models.MODELS))),
@@ -46,17 +50,25 @@ _RULES = {
   "binary.beta_init": (float, _POSITIVE),
   "data.name": (str, _choice(*DATASETS)),
   "data.path": (str, _ANY),
+  "data.tfds_data_dir": (str, _ANY),
+  "data.manual_dir": (str, _ANY),
   "data.augment": (str, _choice(*in_memory.AUGMENTATIONS)),
   "data.train_subset": (int, _NON_NEGATIVE),
+  "data.fake_image_shape": (tuple, _sizes(3, "height, width, channels")),
+  "data.fake_num_classes": (int, _POSITIVE),
+  "data.fake_train_size": (int, _POSITIVE),
+  "data.fake_test_size": (int, _POSITIVE),
+  "data.fake_seed": (int, _ANY),
   "optimizer.name": (str, _choice(*optim.OPTIMIZERS)),
   "optimizer.learning_rate": (float, _POSITIVE),
   "optimizer.b1": (float, _FRACTION),
   "optimizer.b2": (float, _FRACTION),
   "optimizer.eps": (float, _POSITIVE),
   "optimizer.momentum": (float, _FRACTION),
+  "optimizer.nesterov": (bool, _ANY),
   "optimizer.schedule": (str, _choice(*optim.SCHEDULES)),
   "optimizer.warmup_epochs": (float, _NON_NEGATIVE),
-  "optimizer.decay_epochs": (tuple, _EPOCH_LIST),
+  "optimizer.decay_epochs": (tuple, _INCREASING_EPOCHS),
   "optimizer.decay_factor": (float, _POSITIVE),
   "optimizer.weight_decay": (float, _NON_NEGATIVE),
   "optimizer.scale_l2": (float, _NON_NEGATIVE),
@@ -99,14 +111,18 @@ _OPTIONAL_RULES = {
   "data.shuffle_buffer": (int, _POSITIVE),
   "data.num_threads": (int, _NON_NEGATIVE),
   "data.prefetch_batches": (int, _NON_NEGATIVE),
+  "data.synthetic_image_shape": (tuple, _sizes(2, "height, width")),
   "data.synthetic_num_images": (int, _POSITIVE),
   "data.synthetic_num_classes": (int, _POSITIVE),
   "data.synthetic_train_size": (int, _POSITIVE),
   "data.synthetic_eval_size": (int, _POSITIVE),
 }
-_HOST_FED_KEYS = [k for k in _OPTIONAL_RULES if k.startswith("data.")] + [
-  "data.synthetic_image_shape"
-]
+_HOST_FED_KEYS = [k for k in _OPTIONAL_RULES if k.startswith("data.")]
+
+
+def ruled_keys() -> set[str]:
+  """The dotted config keys that have a rule here."""
+  return set(_RULES) | set(_OPTIONAL_RULES)
 
 
 _MISSING = object()
@@ -136,6 +152,8 @@ def _type_ok(value, kind) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
   if kind is float:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+  if kind is tuple:  # a list where the config came from JSON
+    return isinstance(value, tuple | list)
   return isinstance(value, kind)
 
 
@@ -160,7 +178,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key, (kind, (predicate, allowed)) in _OPTIONAL_RULES.items():
     if _has(config, key):
       _check_value(key, _get(config, key), kind, predicate, allowed)
-  _check_model_options(config)
+  models.check_model_options(config.model)
   if DATASETS[config.data.name].host_fed:
     _check_host_fed(config)
   for key in ("batch_size", "eval_batch_size"):
@@ -182,16 +200,6 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     )
   if config.data.name in ("npz", "mnist") and not config.data.path:
     raise InputError(f"config.data.name {config.data.name!r} needs config.data.path, a folder")
-
-
-def _check_model_options(config) -> None:
-  options = models.model_options(config.model.name)
-  for key in config.model:
-    if key not in models.KIT_KEYS and key not in options:
-      raise InputError(
-        f"config.model.{key} is not an option of model {config.model.name!r}; its options are: "
-        f"{', '.join(options)}"
-      )
 
 
 def _check_host_fed(config) -> None:

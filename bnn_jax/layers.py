@@ -61,13 +61,31 @@ class BinaryActivation(nnx.Module):
 
 
 class _BinaryKernel(nnx.Module):
-  """Latent weights [..., in, out] and their scale alpha; `binary_kernel()` is alpha * sign(W)."""
+  """Latent weights [..., in, out] and their scale alpha; `binary_kernel()` is alpha * sign(W).
 
-  def _init_kernel(self, w, *, estimator, scale, scale_per, scale_init):
+  shape: the kernel's shape [..., in, out]; estimator: the weight binarizer's backward pass
+  (binary.ESTIMATORS); scale, scale_per, scale_init: alpha (WEIGHT_SCALES, per output channel or
+  per layer, initialized to mean |W| or 1); dtype: the compute dtype (None: that of the input).
+  """
+
+  def __init__(
+    self,
+    shape: tuple[int, ...],
+    *,
+    estimator: str = "higher_order",
+    scale: str = "trainable",
+    scale_per: str = "channel",
+    scale_init: str = "mean_abs",
+    kernel_init=nnx.initializers.lecun_normal(),
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
     binary.check_estimator(estimator)
     _check_choice("weight scale", scale, WEIGHT_SCALES)
     _check_choice("weight scale granularity", scale_per, SCALE_GRANULARITIES)
     _check_choice("weight scale init", scale_init, SCALE_INITS)
+    self.dtype = dtype
+    w = kernel_init(rngs.params(), shape, jnp.float32)
     self.estimator = estimator
     self.scale = scale
     self.scale_per = scale_per
@@ -103,6 +121,13 @@ class _BinaryKernel(nnx.Module):
     """alpha * sign(W) with the configured estimator in the backward pass."""
     return binary.binarize_weight(self.kernel[...], self.effective_alpha(), self.estimator)
 
+  def operands(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x and alpha * sign(W), both in the compute dtype (`dtype`, else that of x)."""
+    kernel = self.binary_kernel()
+    if self.dtype is not None:
+      x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    return x, kernel.astype(x.dtype)
+
 
 class BinaryConv(_BinaryKernel):
   """2-D convolution (NHWC, no bias) with a binarized kernel [kh, kw, in, out]."""
@@ -115,27 +140,15 @@ class BinaryConv(_BinaryKernel):
     *,
     strides: int | Sequence[int] = 1,
     padding: str | Sequence[tuple[int, int]] = "SAME",
-    estimator: str = "higher_order",
-    scale: str = "trainable",
-    scale_per: str = "channel",
-    scale_init: str = "mean_abs",
-    kernel_init=nnx.initializers.lecun_normal(),
-    dtype=None,
-    rngs: nnx.Rngs,
+    **options,
   ):
-    kernel_size = tuple(kernel_size)
+    """options: those of _BinaryKernel (estimator, scales, kernel_init, dtype, rngs)."""
     self.strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     self.padding = padding
-    self.dtype = dtype
-    w = kernel_init(rngs.params(), (*kernel_size, in_features, out_features), jnp.float32)
-    self._init_kernel(
-      w, estimator=estimator, scale=scale, scale_per=scale_per, scale_init=scale_init
-    )
+    super().__init__((*kernel_size, in_features, out_features), **options)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.binary_kernel()
-    if self.dtype is not None:
-      x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    x, kernel = self.operands(x)
     # conv.conv2d: lax's convolution, with its gradients as matrix products on CPU.
     return conv.conv2d(x, kernel.astype(x.dtype), self.strides, self.padding)
 
@@ -149,26 +162,15 @@ class BinaryDense(_BinaryKernel):
     out_features: int,
     *,
     use_bias: bool = False,
-    estimator: str = "higher_order",
-    scale: str = "trainable",
-    scale_per: str = "channel",
-    scale_init: str = "mean_abs",
-    kernel_init=nnx.initializers.lecun_normal(),
-    dtype=None,
-    rngs: nnx.Rngs,
+    **options,
   ):
-    self.dtype = dtype
-    w = kernel_init(rngs.params(), (in_features, out_features), jnp.float32)
-    self._init_kernel(
-      w, estimator=estimator, scale=scale, scale_per=scale_per, scale_init=scale_init
-    )
+    """options: those of _BinaryKernel (estimator, scales, kernel_init, dtype, rngs)."""
+    super().__init__((in_features, out_features), **options)
     self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.binary_kernel()
-    if self.dtype is not None:
-      x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = x @ kernel.astype(x.dtype)
+    x, kernel = self.operands(x)
+    y = x @ kernel
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y

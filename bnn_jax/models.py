@@ -17,6 +17,7 @@ from flax import nnx
 from bnn_jax import conv as conv_ops
 from bnn_jax import layers
 from bnn_jax.errors import InputError
+from bnn_jax.stages import INPUT, Add, Flatten, GlobalAvgPool, Layer, MaxPool, Relu, forward
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,13 +25,12 @@ class LayerKit:
   """Factories for the layers a model swaps between full precision and binary.
 
   conv(in, out, kernel_size, strides, rngs) -> module; dense(in, out, use_bias, rngs) -> module;
-  activation() -> module or callable. `binary` tells whether they are binary layers.
+  activation() -> module or callable; dtype: the compute dtype (None: float32).
   """
 
   conv: Callable
   dense: Callable
   activation: Callable
-  binary: bool
   dtype: object = None
 
 
@@ -54,39 +54,22 @@ def float_kit(dtype=None) -> LayerKit:
   def dense(cin, cout, use_bias, rngs):
     return nnx.Linear(cin, cout, use_bias=use_bias, dtype=dtype, rngs=rngs)
 
-  return LayerKit(conv=conv, dense=dense, activation=lambda: nnx.relu, binary=False, dtype=dtype)
+  return LayerKit(conv=conv, dense=dense, activation=lambda: nnx.relu, dtype=dtype)
 
 
 def binary_kit(cfg: ml_collections.ConfigDict, dtype=None) -> LayerKit:
   """Binary layers configured by `cfg` (config.binary): estimators, scales, activation mode."""
+  # config.binary.weight_X is option X of the binary conv and dense layers.
+  kernel = {k: cfg[f"weight_{k}"] for k in ("estimator", "scale", "scale_per", "scale_init")}
+  kernel["dtype"] = dtype
 
   def conv(cin, cout, kernel_size, strides, rngs, padding="SAME"):
     return layers.BinaryConv(
-      cin,
-      cout,
-      kernel_size,
-      strides=strides,
-      padding=padding,
-      estimator=cfg.weight_estimator,
-      scale=cfg.weight_scale,
-      scale_per=cfg.weight_scale_per,
-      scale_init=cfg.weight_scale_init,
-      dtype=dtype,
-      rngs=rngs,
+      cin, cout, kernel_size, strides=strides, padding=padding, rngs=rngs, **kernel
     )
 
   def dense(cin, cout, use_bias, rngs):
-    return layers.BinaryDense(
-      cin,
-      cout,
-      use_bias=use_bias,
-      estimator=cfg.weight_estimator,
-      scale=cfg.weight_scale,
-      scale_per=cfg.weight_scale_per,
-      scale_init=cfg.weight_scale_init,
-      dtype=dtype,
-      rngs=rngs,
-    )
+    return layers.BinaryDense(cin, cout, use_bias=use_bias, rngs=rngs, **kernel)
 
   def activation():
     return layers.BinaryActivation(
@@ -96,7 +79,7 @@ def binary_kit(cfg: ml_collections.ConfigDict, dtype=None) -> LayerKit:
       beta_init=cfg.beta_init,
     )
 
-  return LayerKit(conv=conv, dense=dense, activation=activation, binary=True, dtype=dtype)
+  return LayerKit(conv=conv, dense=dense, activation=activation, dtype=dtype)
 
 
 def binary_activation_kit(cfg: ml_collections.ConfigDict, dtype=None) -> LayerKit:
@@ -131,13 +114,30 @@ def max_pool(x: jax.Array) -> jax.Array:
 VGG_SMALL_CHANNELS = (128, 128, 256, 256, 512, 512)
 
 
-class VGGSmall(nnx.Module):
+def pool_2x2(name: str) -> MaxPool:
+  """The stage of `max_pool`: 2x2 window, stride 2, no padding."""
+  return MaxPool(name, pool=max_pool, window=(2, 2), strides=(2, 2), padding="VALID")
+
+
+def pool_3x3(name: str, padding="VALID") -> MaxPool:
+  """The stage of `max_pool_3x3` with this padding: 3x3 window, stride 2."""
+  pool = lambda x: max_pool_3x3(x, padding=padding)
+  return MaxPool(name, pool=pool, window=(3, 3), strides=(2, 2), padding=padding)
+
+
+class _Network(nnx.Module):
+  """A model: its forward pass is `stages`; the logits come out in float32 (also in bfloat16)."""
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return forward(self, x, train).astype(jnp.float32)
+
+
+class VGGSmall(_Network):
   """VGG-Small (LQ-Nets layout), 3x3 convs, no conv bias, pooling after convs 1, 3 and 5.
 
-  conv0 (full precision) -> BN -> act -> conv1 -> pool -> BN -> act -> conv2 -> BN -> act ->
-  conv3 -> pool -> BN -> act -> conv4 -> BN -> act -> conv5 -> pool -> BN -> final act ->
-  flatten -> dense (full precision, with bias). With the binary kit, convs 1-5 are binary and
-  "act" binarizes; `final_activation` is "relu" or "binary" (the kit's activation).
+  conv0 (full precision), then BN -> act -> conv for convs 1-5, BN, act6, flatten, head (dense,
+  full precision, with bias); `stages` is the exact order. With the binary kit convs 1-5 are
+  binary and "act" binarizes; act6 is ReLU or, with final_activation="binary", the kit's.
   """
 
   def __init__(
@@ -152,35 +152,29 @@ class VGGSmall(nnx.Module):
   ):
     channels = _scaled(VGG_SMALL_CHANNELS, width)
     height, width_px, in_channels = image_shape
-    dtype = kit.dtype
-    fp = float_kit(dtype)
+    fp = float_kit(kit.dtype)
     # Named attributes (conv1, bn1, act1, ...) give readable paths in logs and exports.
     self.conv0 = fp.conv(in_channels, channels[0], (3, 3), 1, rngs)
     for i in range(1, 6):
-      setattr(self, f"bn{i}", batch_norm(channels[i - 1], rngs, dtype))
+      setattr(self, f"bn{i}", batch_norm(channels[i - 1], rngs, kit.dtype))
       setattr(self, f"act{i}", kit.activation())
       setattr(self, f"conv{i}", kit.conv(channels[i - 1], channels[i], (3, 3), 1, rngs))
-    self.bn6 = batch_norm(channels[5], rngs, dtype)
+    self.bn6 = batch_norm(channels[5], rngs, kit.dtype)
     self.act6 = _final_activation(kit, final_activation)
-    for _ in range(3):
-      height, width_px = height // 2, width_px // 2
+    height, width_px = height // 8, width_px // 8  # three 2x2 poolings
     if height < 1 or width_px < 1:
       raise ValueError(f"image_shape {image_shape} is too small for VGG-Small: need at least 8x8")
     self.head = fp.dense(height * width_px * channels[-1], num_classes, True, rngs)
     self.pool_after = (1, 3, 5)
 
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = self.conv0(x)
+  @property
+  def stages(self) -> list:
+    """The forward pass (bnn_jax.stages), walked by training and by the export alike."""
+    out = [Layer("conv0")]
     for i in range(1, 6):
-      x = getattr(self, f"bn{i}")(x, use_running_average=not train)
-      x = getattr(self, f"act{i}")(x)
-      x = getattr(self, f"conv{i}")(x)
-      if i in self.pool_after:
-        x = max_pool(x)
-    x = self.bn6(x, use_running_average=not train)
-    x = self.act6(x)
-    x = x.reshape(x.shape[0], -1)
-    return self.head(x).astype(jnp.float32)
+      out += [Layer(f"bn{i}"), Layer(f"act{i}"), Layer(f"conv{i}")]
+      out += [pool_2x2(f"pool{i}")] if i in self.pool_after else []
+    return [*out, Layer("bn6"), Layer("act6"), Flatten("flatten"), Layer("head")]
 
 
 def max_pool_3x3(x: jax.Array, padding="VALID") -> jax.Array:
@@ -202,15 +196,12 @@ ALEXNET_CHANNELS = (96, 256, 384, 384, 256)
 ALEXNET_HIDDEN = 4096
 
 
-class AlexNet(nnx.Module):
+class AlexNet(_Network):
   """AlexNet, XNOR-Net style with BatchNorm (docs/method.md): no LRN, no groups, no dropout.
 
-  Exact order (convs without bias; "pool" = 3x3 max-pool, stride 2, VALID):
-    conv1 (11x11, stride 4, padding 2, full precision) -> pool -> bn1 -> act1 ->
-    conv2 (5x5, SAME) -> pool -> bn2 -> act2 -> conv3 (3x3, SAME) -> bn3 -> act3 ->
-    conv4 (3x3, SAME) -> bn4 -> act4 -> conv5 (3x3, SAME) -> pool -> bn5 -> act5 ->
-    flatten -> fc6 (no bias) -> bn6 -> act6 -> fc7 (no bias) -> bn7 -> act7 ->
-    fc8 (full precision, with bias).
+  Convs without bias: conv1 11x11, stride 4, padding 2, full precision; conv2 5x5; conv3-5 3x3
+  (SAME); a 3x3 max-pool (stride 2, VALID) after conv1, conv2 and conv5; fc6 and fc7 without
+  bias, fc8 full precision with bias; BN -> act between layers; `stages` is the exact order.
   With the binary kit conv2-conv5, fc6 and fc7 are binary and act1-act6 binarize; act7 is ReLU
   or, with final_activation="binary", the kit's activation. With the float kit every act is ReLU.
   At 224x224 the spatial sizes are 55, 27, 13, 6 (fc6 sees 256 * 6 * 6 = 9216 inputs).
@@ -229,17 +220,15 @@ class AlexNet(nnx.Module):
     channels = _scaled(ALEXNET_CHANNELS, width)
     hidden = max(1, round(ALEXNET_HIDDEN * width))
     height, width_px, in_channels = image_shape
-    dtype = kit.dtype
-    fp = float_kit(dtype)
+    fp = float_kit(kit.dtype)
     self.conv1 = fp.conv(in_channels, channels[0], (11, 11), 4, rngs, padding=((2, 2), (2, 2)))
     kernels = {2: (5, 5), 3: (3, 3), 4: (3, 3), 5: (3, 3)}
     for i in range(1, 6):
-      setattr(self, f"bn{i}", batch_norm(channels[i - 1], rngs, dtype))
+      setattr(self, f"bn{i}", batch_norm(channels[i - 1], rngs, kit.dtype))
       setattr(self, f"act{i}", kit.activation())
       if i < 5:
-        setattr(
-          self, f"conv{i + 1}", kit.conv(channels[i - 1], channels[i], kernels[i + 1], 1, rngs)
-        )
+        conv = kit.conv(channels[i - 1], channels[i], kernels[i + 1], 1, rngs)
+        setattr(self, f"conv{i + 1}", conv)
     size = lambda n: (n - 3) // 2 + 1  # 3x3 / 2 VALID max-pool
     height, width_px = (height + 4 - 11) // 4 + 1, (width_px + 4 - 11) // 4 + 1
     for _ in range(3):
@@ -247,27 +236,24 @@ class AlexNet(nnx.Module):
     if height < 1 or width_px < 1:
       raise ValueError(f"image_shape {image_shape} is too small for AlexNet: need at least 63x63")
     self.fc6 = kit.dense(height * width_px * channels[4], hidden, False, rngs)
-    self.bn6 = batch_norm(hidden, rngs, dtype)
+    self.bn6 = batch_norm(hidden, rngs, kit.dtype)
     self.act6 = kit.activation()
     self.fc7 = kit.dense(hidden, hidden, False, rngs)
-    self.bn7 = batch_norm(hidden, rngs, dtype)
+    self.bn7 = batch_norm(hidden, rngs, kit.dtype)
     self.act7 = _final_activation(kit, final_activation)
     self.fc8 = fp.dense(hidden, num_classes, True, rngs)
 
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    norm = dict(use_running_average=not train)
-    x = max_pool_3x3(self.conv1(x))
-    x = self.conv2(self.act1(self.bn1(x, **norm)))
-    x = max_pool_3x3(x)
-    x = self.conv3(self.act2(self.bn2(x, **norm)))
-    x = self.conv4(self.act3(self.bn3(x, **norm)))
-    x = self.conv5(self.act4(self.bn4(x, **norm)))
-    x = max_pool_3x3(x)
-    x = self.act5(self.bn5(x, **norm))
-    x = x.reshape(x.shape[0], -1)
-    x = self.act6(self.bn6(self.fc6(x), **norm))
-    x = self.act7(self.bn7(self.fc7(x), **norm))
-    return self.fc8(x).astype(jnp.float32)
+  @property
+  def stages(self) -> list:
+    """The forward pass (bnn_jax.stages), walked by training and by the export alike."""
+    out = [Layer("conv1"), pool_3x3("pool1")]
+    for i in range(2, 6):
+      out += [Layer(f"bn{i - 1}"), Layer(f"act{i - 1}"), Layer(f"conv{i}")]
+      out += [pool_3x3(f"pool{i}")] if i in (2, 5) else []
+    out += [Layer("bn5"), Layer("act5"), Flatten("flatten")]
+    for i in (6, 7):
+      out += [Layer(f"fc{i}"), Layer(f"bn{i}"), Layer(f"act{i}")]
+    return [*out, Layer("fc8")]
 
 
 SHORTCUTS = ("block", "bireal")
@@ -304,53 +290,56 @@ class ResNetBlock(nnx.Module):
       raise ValueError(f"unknown shortcut {shortcut!r}; allowed: {', '.join(SHORTCUTS)}")
     if downsample not in DOWNSAMPLES:
       raise ValueError(f"unknown downsample {downsample!r}; allowed: {', '.join(DOWNSAMPLES)}")
-    dtype = kit.dtype
     self.shortcut = shortcut
-    self.bn1 = batch_norm(in_channels, rngs, dtype)
+    self.bn1 = batch_norm(in_channels, rngs, kit.dtype)
     self.act1 = kit.activation()
     self.conv1 = kit.conv(in_channels, out_channels, (3, 3), stride, rngs, padding=_PAD1)
-    self.bn2 = batch_norm(out_channels, rngs, dtype)
+    self.bn2 = batch_norm(out_channels, rngs, kit.dtype)
     self.act2 = kit.activation()
     self.conv2 = kit.conv(out_channels, out_channels, (3, 3), 1, rngs, padding=_PAD1)
     if stride != 1 or in_channels != out_channels:
       self.downsample_input = downsample
-      conv = kit.conv if downsample == "binary" else float_kit(dtype).conv
+      conv = kit.conv if downsample == "binary" else float_kit(kit.dtype).conv
       self.downsample_conv = conv(in_channels, out_channels, (1, 1), stride, rngs, padding="VALID")
-      self.downsample_bn = batch_norm(out_channels, rngs, dtype)
+      self.downsample_bn = batch_norm(out_channels, rngs, kit.dtype)
     else:  # identity shortcut
       self.downsample_input = None
       self.downsample_conv = self.downsample_bn = None
 
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    norm = dict(use_running_average=not train)
-    a = self.act1(self.bn1(x, **norm))
-    skip = x
+  @property
+  def stages(self) -> list:
+    """The block's forward pass (bnn_jax.stages): the order of the docstring."""
+    out, skip = [Layer("bn1"), Layer("act1")], INPUT
     if self.downsample_conv is not None:
-      source = a if self.downsample_input == "binary" else x
-      skip = self.downsample_bn(self.downsample_conv(source), **norm)
-    h = self.conv1(a)
+      source = "act1" if self.downsample_input == "binary" else INPUT
+      out += [Layer("downsample_conv", inputs=(source,)), Layer("downsample_bn")]
+      skip = "downsample_bn"
+    out.append(Layer("conv1", inputs=("act1",)))
     if self.shortcut == "bireal":
-      h = h + skip
-      return self.conv2(self.act2(self.bn2(h, **norm))) + h
-    return self.conv2(self.act2(self.bn2(h, **norm))) + skip
+      out.append(Add("add1", inputs=("conv1", skip)))
+      skip = "add1"
+    out += [Layer("bn2"), Layer("act2"), Layer("conv2")]
+    last = "add2" if self.shortcut == "bireal" else "add"
+    return [*out, Add(last, inputs=("conv2", skip))]
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return forward(self, x, train)
 
 
 RESNET18_STAGES = (64, 128, 256, 512)
 
 
-class ResNet18(nnx.Module):
+class ResNet18(_Network):
   """ResNet-18 (pre-activation basic blocks, docs/method.md), full-precision stem and final dense.
 
-  Exact order:
-    stem_conv (7x7, stride 2, padding 3, full precision) -> stem_bn -> ReLU ->
-    3x3 max-pool (stride 2, padding 1) ->
-    stage1_block1, stage1_block2 (64 channels), stage2_block1 (stride 2), stage2_block2 (128),
-    stage3_block1 (stride 2), stage3_block2 (256), stage4_block1 (stride 2), stage4_block2 (512)
-    -> final_bn -> final_act -> global average pool -> head (dense, full precision, with bias).
-  Each block is a ResNetBlock (see its docstring for the shortcut and downsample switches).
-  final_act is ReLU or, with final_activation="binary", the kit's activation. With the binary
-  kit the sixteen 3x3 block convs are binary; the 1x1 downsample convs only with
-  downsample="binary". 11.69 M parameters at 1000 classes.
+  A stem (7x7 conv, stride 2, padding 3, full precision; BN; ReLU; 3x3 max-pool, stride 2,
+  padding 1), eight blocks stage{1-4}_block{1,2} of 64, 128, 256, 512 channels (the first block
+  of stages 2-4 has stride 2), final_bn, final_act, global average pooling and the head (dense,
+  full precision, with bias); `stages` is the exact order. Each block is a ResNetBlock (see
+  its docstring for the shortcut and downsample switches). final_act is ReLU or, with
+  final_activation="binary", the kit's activation. With the binary kit the sixteen 3x3 block
+  convs are binary; the 1x1 downsample convs only with downsample="binary". 11.69 M parameters
+  at 1000 classes.
   """
 
   def __init__(
@@ -367,10 +356,9 @@ class ResNet18(nnx.Module):
   ):
     channels = _scaled(RESNET18_STAGES, width)
     in_channels = image_shape[-1]
-    dtype = kit.dtype
-    fp = float_kit(dtype)
+    fp = float_kit(kit.dtype)
     self.stem_conv = fp.conv(in_channels, channels[0], (7, 7), 2, rngs, padding=((3, 3), (3, 3)))
-    self.stem_bn = batch_norm(channels[0], rngs, dtype)
+    self.stem_bn = batch_norm(channels[0], rngs, kit.dtype)
     self.block_names = []
     previous = channels[0]
     for s, c in enumerate(channels, start=1):
@@ -383,28 +371,17 @@ class ResNet18(nnx.Module):
         setattr(self, name, block)
         self.block_names.append(name)
         previous = c
-    self.final_bn = batch_norm(previous, rngs, dtype)
+    self.final_bn = batch_norm(previous, rngs, kit.dtype)
     self.final_act = _final_activation(kit, final_activation)
     self.head = fp.dense(previous, num_classes, True, rngs)
 
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    norm = dict(use_running_average=not train)
-    x = nnx.relu(self.stem_bn(self.stem_conv(x), **norm))
-    x = max_pool_3x3(x, padding=_PAD1)
-    for name in self.block_names:
-      x = getattr(self, name)(x, train=train)
-    x = self.final_act(self.final_bn(x, **norm))
-    x = jnp.mean(x, axis=(1, 2))
-    return self.head(x).astype(jnp.float32)
-
-
-def binary_layer_names(model: nnx.Module) -> list[str]:
-  """Dotted paths of the model's binary conv and dense layers, in definition order."""
-  return [
-    ".".join(str(p) for p in path)
-    for path, node in nnx.iter_graph(model)
-    if isinstance(node, layers.BinaryConv | layers.BinaryDense)
-  ]
+  @property
+  def stages(self) -> list:
+    """The forward pass (bnn_jax.stages), walked by training and by the export alike."""
+    stem = [Layer("stem_conv"), Layer("stem_bn"), Relu("stem_relu")]
+    blocks = [Layer(name) for name in self.block_names]
+    top = [Layer("final_bn"), Layer("final_act"), GlobalAvgPool("pool"), Layer("head")]
+    return [*stem, pool_3x3("stem_pool", padding=_PAD1), *blocks, *top]
 
 
 MODELS = {"vgg_small": VGGSmall, "alexnet": AlexNet, "resnet18": ResNet18}
@@ -419,14 +396,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, image_shap
     raise ValueError(f"unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")
   dtype = jnp.bfloat16 if config.get("compute_dtype", "float32") == "bfloat16" else None
   kit = make_kit(config, dtype)
+  check_model_options(config.model)
   kwargs = {k: v for k, v in config.model.items() if k not in KIT_KEYS}
-  allowed = model_options(name)
-  unknown = sorted(set(kwargs) - set(allowed))
-  if unknown:
-    raise InputError(
-      f"config.model.{unknown[0]} is not an option of model {name!r}; its options are: "
-      f"{', '.join(allowed)}"
-    )
   return MODELS[name](
     kit, num_classes=num_classes, image_shape=tuple(image_shape), rngs=rngs, **kwargs
   )
@@ -439,6 +410,12 @@ def model_options(name: str) -> list[str]:
   return [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.name not in fixed]
 
 
-def count_params(model: nnx.Module, variable_type=nnx.Param) -> int:
-  """Number of scalars in the model's variables of `variable_type`."""
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, variable_type)))
+def check_model_options(model_config: ml_collections.ConfigDict) -> None:
+  """InputError naming the first key of config.model that its model (a known name) lacks."""
+  allowed = model_options(model_config.name)
+  unknown = sorted(set(model_config) - {*KIT_KEYS, *allowed})
+  if unknown:
+    raise InputError(
+      f"config.model.{unknown[0]} is not an option of model {model_config.name!r}; its options "
+      f"are: {', '.join(allowed)}"
+    )

@@ -3,7 +3,8 @@
 python -m launch.ablation --config=configs/ablation_fashion_mnist.py --output=DIR \
   [--seeds=0,1,2] [--variants=bnn,paper] [--collect_only] [--config.KEY=VALUE ...]
 
-The config file must define `sweep()` -> [(variant name, {dotted key: value}), ...]. Every run
+The config file must define `sweep()` -> [(variant name, {dotted key: value}), ...] (the format
+launch/sweep.py reads). Every run
 trains in its own workdir DIR/<variant>/seed_<seed>, one after the other in this process.
 Resuming is per run: a run whose result.json exists is skipped (after checking that it was
 trained with the same config), an interrupted run resumes from its last checkpoint
@@ -19,17 +20,16 @@ trained with the same config), an interrupted run resumes from its last checkpoi
 """
 
 import csv
-import importlib.util
 import json
 import math
 import pathlib
 import time
 
-import ml_collections
 from absl import flags, logging
 
 from bnn_jax.errors import InputError
 from bnn_jax.logs import quiet_library_logs
+from launch.sweep import apply, load_sweep, select
 
 FLAGS = flags.FLAGS
 
@@ -75,51 +75,9 @@ _LEADING_COLUMNS = (
 # ----------------------------------------------------------------------------- configs
 
 
-def load_sweep(config_path: str) -> list[tuple[str, dict]]:
-  """The (variant name, overrides) list of the config file's `sweep()`."""
-  spec = importlib.util.spec_from_file_location("_sweep_config", config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "sweep"):
-    raise InputError(f"config file {config_path} defines no sweep(); add one or pick another file")
-  variants = list(module.sweep())
-  names = [name for name, _ in variants]
-  if len(set(names)) != len(names):
-    raise InputError(f"sweep() of {config_path} repeats a variant name: {names}")
-  return variants
-
-
-def select(variants: list[tuple[str, dict]], names: list[str]) -> list[tuple[str, dict]]:
-  """The variants named in `names` (all if empty), in sweep order."""
-  known = [name for name, _ in variants]
-  unknown = [n for n in names if n not in known]
-  if unknown:
-    raise InputError(f"--variants names {unknown}, not in sweep(); allowed: {', '.join(known)}")
-  return [v for v in variants if not names or v[0] in names]
-
-
 def variant_config(base, overrides: dict, seed: int):
   """A copy of `base` with the dotted-key `overrides` and `seed` applied."""
-  config = base.copy_and_resolve_references()
-  for key, value in {**overrides, "seed": seed}.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for part in [*parents, leaf]:
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        raise InputError(f"override {key!r} names no config key; start the config from base.py")
-      parent, node = node, node[part]
-    parent[leaf] = value
-  return config
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return out
+  return apply(base, {**overrides, "seed": seed})
 
 
 def run_dir(output, variant: str, seed: int) -> pathlib.Path:
@@ -156,30 +114,15 @@ def mean_over_layers(series: dict, kind: str) -> list[tuple[int, float]]:
 def final_scales(workdir: pathlib.Path) -> dict:
   """Scale statistics of the run's final checkpoint: per-layer means, min and sign of alpha.
 
-  Restores the train state into shapes from `jax.eval_shape` (nothing is compiled) and selects
-  the scales by type, as layers.mean_scales does for the logged values.
+  The scales are selected by type, as layers.mean_scales does for the logged values.
   """
-  import jax
   import numpy as np
-  from flax import nnx
 
-  from bnn_jax import checkpointing, layers, optim, run
+  from bnn_jax import layers, run
 
-  config, spec = run.load_run(workdir)
-  tx, _ = optim.make(config, steps_per_epoch=1)
-  mesh = run.make_mesh()
-  abstract = jax.eval_shape(lambda: run.init_state(config, spec, tx, mesh)[1])
-  manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
-  state, manager = checkpointing.restore_latest(manager, abstract, workdir, config.keep_checkpoints)
-  manager.close()
-  params = state["params"]
+  params = run.restore_state(workdir)[3]["params"]
   out = {k: float(v) for k, v in layers.mean_scales(params).items()}
-  is_variable = lambda x: isinstance(x, nnx.Variable)
-  alphas = [
-    np.ravel(np.asarray(v[...]))
-    for v in jax.tree.leaves(params, is_leaf=is_variable)
-    if isinstance(v, layers.WeightScale)
-  ]
+  alphas = [np.ravel(np.asarray(a)) for a in layers.values_of_type(params, layers.WeightScale)]
   if alphas:
     alpha = np.concatenate(alphas)
     out["alpha_min_final"] = float(alpha.min())
@@ -200,20 +143,13 @@ def run_one(config, workdir: pathlib.Path, variant: str) -> dict:
   """Trains one run (or resumes it, or skips it when finished); returns its result record."""
   from bnn_jax import run, train
 
-  flat = _flat(config.to_dict())
   result_file = workdir / RESULT_FILE
   if result_file.exists():
     record = json.loads(result_file.read_text())
-    saved = record["config"]
-    differ = sorted(
-      k
-      for k in set(flat) | set(saved)
-      if k not in run.RUN_CONTROL_KEYS and flat.get(k) != saved.get(k)
-    )
+    differ = run.config_differences(config, record["config"])
     if differ:
       raise InputError(
-        f"{workdir} holds a finished run of another config ({differ[0]}: "
-        f"{saved.get(differ[0])!r} -> {flat.get(differ[0])!r}); use another --output"
+        f"{workdir} holds a finished run of another config ({differ[0]}); use another --output"
       )
     return record
 
@@ -251,7 +187,7 @@ def run_one(config, workdir: pathlib.Path, variant: str) -> dict:
     "beta_mean_final": sum(final_beta) / len(final_beta) if final_beta else None,
     **layer_means,
     "alpha_mean_logged": alpha,
-    "config": flat,
+    "config": run.flatten_config(config),
   }
   tmp = result_file.with_suffix(".tmp")
   tmp.write_text(json.dumps(record, indent=1))

@@ -4,12 +4,14 @@ import csv
 import math
 import pathlib
 
+import numpy as np
 import pytest
 
-from bnn_jax import config_checks, train
+from bnn_jax import config_checks, data, run, train
+from bnn_jax.data import in_memory
 from bnn_jax.errors import InputError
 from configs import ablation_fashion_mnist
-from launch import ablation
+from launch import ablation, sweep
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 SWEEP_FILE = str(CONFIGS / "ablation_fashion_mnist.py")
@@ -18,7 +20,7 @@ LAYERS = [f"alpha/conv{i}" for i in range(1, 6)] + [f"beta/act{i}" for i in rang
 
 def test_every_variant_of_the_sweep_is_a_valid_config():
   base = ablation_fashion_mnist.get_config()
-  variants = ablation.load_sweep(SWEEP_FILE)
+  variants = sweep.load_sweep(SWEEP_FILE)
   names = [name for name, _ in variants]
   assert names[:2] == ["float", "bnn"] and "paper" in names and "swish_sign" in names
   for name, overrides in variants:
@@ -38,9 +40,9 @@ def test_bad_overrides_and_variant_names_are_input_errors(test_config):
   with pytest.raises(InputError, match="model.width.deeper"):
     ablation.variant_config(test_config, {"model.width.deeper": 1}, 0)
   with pytest.raises(InputError, match="nope"):
-    ablation.select(ablation.load_sweep(SWEEP_FILE), ["bnn", "nope"])
+    sweep.select(sweep.load_sweep(SWEEP_FILE), ["bnn", "nope"])
   with pytest.raises(InputError, match="sweep"):
-    ablation.load_sweep(str(CONFIGS / "test.py"))
+    sweep.load_sweep(str(CONFIGS / "test.py"))
 
 
 def _read_csv(path):
@@ -48,11 +50,19 @@ def _read_csv(path):
     return list(csv.DictReader(f))
 
 
+def _correct_of_final_checkpoint(workdir) -> int:
+  """Test images the run's restored final model classifies right, counted here, not by train."""
+  config, spec, model = run.restore_model(workdir)
+  ds = in_memory.load(config.data)
+  logits = model(data.normalize(ds.test_images, spec), train=False)
+  return int(np.sum(np.argmax(logits, -1) == ds.test_labels))
+
+
 def test_runner_writes_csv_and_plot_and_resumes(test_config, tmp_path, monkeypatch):
   test_config.num_epochs = 1.0  # 4 steps of 16 fake images
   test_config.checkpoint_every_steps = 2
   test_config.log_every_steps = 1
-  variants = ablation.select(ablation.load_sweep(SWEEP_FILE), ["bnn", "paper"])
+  variants = sweep.select(sweep.load_sweep(SWEEP_FILE), ["bnn", "paper"])
   seeds = [0, 1]
   # An interrupted run: (paper, seed 1) stopped after 2 of its 4 steps.
   interrupted = ablation.variant_config(test_config, dict(variants)["paper"], 1)
@@ -71,8 +81,14 @@ def test_runner_writes_csv_and_plot_and_resumes(test_config, tmp_path, monkeypat
   ]
   for r in rows:
     assert r["status"] == "done"
-    assert 0.0 <= float(r["test_accuracy"]) <= 1.0
-    assert int(r["test_count"]) == test_config.data.fake_test_size
+    workdir = ablation.run_dir(tmp_path, r["variant"], int(r["seed"]))
+    # The row's accuracy is its own run's: the final eval it logged, and the share of the test
+    # images its final checkpoint classifies right.
+    final_eval = [m for m in run.MetricsLog(workdir).read() if "eval/accuracy" in m][-1]
+    assert (final_eval["step"], float(r["test_accuracy"])) == (4, final_eval["eval/accuracy"])
+    count = test_config.data.fake_test_size
+    assert int(r["test_count"]) == count
+    assert round(float(r["test_accuracy"]) * count) == _correct_of_final_checkpoint(workdir)
     assert int(r["steps"]) == 4
     expected_start = 2 if (r["variant"], r["seed"]) == ("paper", "1") else 0
     assert int(r["resumed_from_step"]) == expected_start

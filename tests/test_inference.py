@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bnn_jax import layers, models, run
+from bnn_jax import layers, models, run, stages
 from bnn_jax.deploy import inference, lowering
 from bnn_jax.errors import InputError
-from tests.conftest import require_fashion_mnist
+from tests.conftest import ROOT, require_fashion_mnist
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -297,27 +297,22 @@ class _ConvBnPoolNet(nnx.Module):
     self.act2 = kit.activation()
     self.head = models.float_kit().dense(6, 3, True, rngs)
 
+  @property
+  def stages(self):
+    return [
+      *map(stages.Layer, ["conv0", "bn0", "act0", "conv1", "bn1"]),
+      models.pool_2x2("pool1"),
+      stages.Layer("act1"),
+      stages.Flatten("flatten"),
+      *map(stages.Layer, ["fc", "bn2", "act2", "head"]),
+    ]
+
   def __call__(self, x, train=False):
-    x = self.act0(self.bn0(self.conv0(x), use_running_average=not train))
-    x = self.bn1(self.conv1(x), use_running_average=not train)
-    x = self.act1(models.max_pool(x))
-    x = self.act2(self.bn2(self.fc(x.reshape(x.shape[0], -1)), use_running_average=not train))
-    return self.head(x)
-
-
-def _lower_conv_bn_pool(model, b):
-  x = b.apply("act0", model.act0, b.apply("bn0", model.bn0, b.apply("conv0", model.conv0, b.input)))
-  x = b.apply("bn1", model.bn1, b.apply("conv1", model.conv1, x))
-  x = b.apply("act1", model.act1, b.max_pool("pool1", x, 2, 2))
-  x = b.apply("fc", model.fc, b.flatten("flatten", x))
-  return b.apply("head", model.head, b.apply("act2", model.act2, b.apply("bn2", model.bn2, x)))
+    return stages.forward(self, x, train)
 
 
 @pytest.mark.parametrize("mode", ["step", "sign"])
-def test_pooling_after_a_negative_batch_norm_and_binary_dense_with_bias(
-  test_config, mode, monkeypatch
-):
-  monkeypatch.setitem(lowering.LOWERINGS, _ConvBnPoolNet, _lower_conv_bn_pool)
+def test_pooling_after_a_negative_batch_norm_and_binary_dense_with_bias(test_config, mode):
   test_config.binary.activation_mode = mode
   model = _ConvBnPoolNet(models.binary_kit(test_config.binary), nnx.Rngs(0))
   model = randomize(model, 3, negative=True, image_shape=(8, 8, 3))
@@ -341,6 +336,21 @@ def test_engine_imports_no_training_code():
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip() == "[]"
+
+
+DEPLOY_MODULES = sorted(p.stem for p in (ROOT / "bnn_jax" / "deploy").glob("*.py"))
+
+
+@pytest.mark.parametrize("name", DEPLOY_MODULES)
+def test_no_deployment_module_imports_the_training_loop(name):
+  """Deployment reads a run through bnn_jax.run, never through the training loop."""
+  assert {"export", "inference", "lowering"} <= set(DEPLOY_MODULES)
+  code = f"import sys, bnn_jax.deploy.{name}; print('bnn_jax.train' in sys.modules)"
+  done = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == "False", f"bnn_jax.deploy.{name} imports bnn_jax.train"
 
 
 def test_images_of_the_wrong_shape_are_refused(test_config):

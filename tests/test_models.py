@@ -60,3 +60,18 @@ def test_too_small_images_and_unknown_model_are_refused(test_config):
   test_config.model.name = "vgg_huge"
   with pytest.raises(ValueError, match="unknown model 'vgg_huge'; allowed:"):
     models.create_model(test_config, 10, (32, 32, 3), nnx.Rngs(0))
+
+
+def test_vgg_small_forward_pass_is_the_lq_nets_layout(test_config):
+  """The layer order, spelled out here independently of the model's `stages` (which training
+  and the export both walk, so an order mistake there would pass every exactness test)."""
+  model = _vgg(test_config, True, width=1 / 16)
+  order = " ".join(
+    f"{s.name}[{s.window[0]}x{s.window[1]}/{s.strides[0]}]" if hasattr(s, "window") else s.name
+    for s in model.stages
+  )
+  assert order == (
+    "conv0 bn1 act1 conv1 pool1[2x2/2] bn2 act2 conv2 bn3 act3 conv3 pool3[2x2/2] "
+    "bn4 act4 conv4 bn5 act5 conv5 pool5[2x2/2] bn6 act6 flatten head"
+  )
+  assert all(not s.inputs for s in model.stages)  # a chain: each stage reads the one before

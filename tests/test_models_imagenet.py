@@ -49,9 +49,18 @@ def _sizes(model):
 MIB = 2**20
 
 
+def _binary_layer_names(model):
+  """Dotted paths of the model's binary conv and dense layers."""
+  return [
+    ".".join(str(p) for p in path)
+    for path, node in nnx.iter_graph(model)
+    if isinstance(node, layers.BinaryConv | layers.BinaryDense)
+  ]
+
+
 def test_resnet18_has_the_standard_parameter_count():
   model = _abstract("resnet18", binary=False)
-  total = models.count_params(model)
+  total = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   # torchvision's ResNet-18 has 11,689,512; pre-activation blocks place BatchNorm differently.
   assert total == 11_689_640
   assert abs(total - 11.69e6) / 11.69e6 < 1e-3
@@ -101,9 +110,9 @@ BINARY_LAYERS = {
 def test_binary_layers_are_those_of_paper(name, options):
   shape = (32, 32, 3) if name == "vgg_small" else (224, 224, 3)
   model = _abstract(name, True, 10, shape, **dict(options))
-  assert sorted(models.binary_layer_names(model)) == sorted(BINARY_LAYERS[name, options])
+  assert sorted(_binary_layer_names(model)) == sorted(BINARY_LAYERS[name, options])
   float_model = _abstract(name, False, 10, shape, **dict(options))
-  assert models.binary_layer_names(float_model) == []
+  assert _binary_layer_names(float_model) == []
 
 
 def test_alexnet_first_and_last_layers_and_activations():
@@ -114,6 +123,44 @@ def test_alexnet_first_and_last_layers_and_activations():
   assert model.act7 is nnx.relu
   binary_final = _tiny_abstract("alexnet", final_activation="binary")
   assert isinstance(binary_final.act7, layers.BinaryActivation)
+
+
+def _order(model) -> str:
+  """A model's `stages` in a line: names, pools with window/stride(/padding), inputs."""
+  parts = []
+  for s in model.stages:
+    part = s.name
+    if hasattr(s, "window"):
+      pad = "" if s.padding == "VALID" else f"/pad{s.padding[0][0]}"
+      part += f"[{s.window[0]}x{s.window[1]}/{s.strides[0]}{pad}]"
+    parts.append(part + (f"({','.join(s.inputs)})" if s.inputs else ""))
+  return " ".join(parts)
+
+
+def test_forward_passes_are_the_published_layouts():
+  """The layer orders, spelled out here independently of the models' `stages` (which training
+  and the export both walk, so an order mistake there would pass every exactness test)."""
+  assert _order(_tiny_abstract("alexnet")) == (
+    "conv1 pool1[3x3/2] bn1 act1 conv2 pool2[3x3/2] bn2 act2 conv3 bn3 act3 conv4 bn4 act4 "
+    "conv5 pool5[3x3/2] bn5 act5 flatten fc6 bn6 act6 fc7 bn7 act7 fc8"
+  )
+  blocks = " ".join(f"stage{s}_block{b}" for s in (1, 2, 3, 4) for b in (1, 2))
+  assert _order(_tiny_abstract("resnet18")) == (
+    f"stem_conv stem_bn stem_relu stem_pool[3x3/2/pad1] {blocks} final_bn final_act pool head"
+  )
+  model = _tiny_abstract("resnet18", shortcut="bireal", downsample="binary")
+  assert _order(model.stage1_block1) == (  # identity shortcut
+    "bn1 act1 conv1(act1) add1(conv1,input) bn2 act2 conv2 add2(conv2,add1)"
+  )
+  assert _order(model.stage2_block1) == (
+    "bn1 act1 downsample_conv(act1) downsample_bn conv1(act1) add1(conv1,downsample_bn) "
+    "bn2 act2 conv2 add2(conv2,add1)"
+  )
+  block = _tiny_abstract("resnet18").stage2_block1  # shortcut="block", downsample="float"
+  assert _order(block) == (
+    "bn1 act1 downsample_conv(input) downsample_bn conv1(act1) bn2 act2 conv2 "
+    "add(conv2,downsample_bn)"
+  )
 
 
 def test_resnet18_stem_head_and_downsamples_are_full_precision_by_default():

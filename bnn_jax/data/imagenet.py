@@ -142,14 +142,6 @@ class Source:
   def image_shape(self) -> tuple[int, int, int]:
     return (self.data.image_size, self.data.image_size, 3)
 
-  @property
-  def mean(self) -> tuple[float, ...]:
-    return MEAN_RGB
-
-  @property
-  def std(self) -> tuple[float, ...]:
-    return STD_RGB
-
   def train_dataset(self, first_step: int, rows: tuple[int, int], global_batch: int, seed: int):
     """This process's local training batches {"images": uint8, "labels": int32}, endless."""
     tf = _tf()
@@ -385,7 +377,7 @@ class HostFedFeed:
     self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     self.num_train = self.source.num_train
     s = self.source
-    self.spec = DataSpec(s.num_classes, s.image_shape, tuple(s.mean), tuple(s.std))
+    self.spec = DataSpec(s.num_classes, s.image_shape, MEAN_RGB, STD_RGB)
 
   def train_step(self, update, first_step: int, teacher=None):
     """step(state) -> (state, metrics); `teacher` (a pytree or None) goes to update unchanged,

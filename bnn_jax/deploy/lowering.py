@@ -1,7 +1,8 @@
 """Lowers a trained NNX model to an inference Program: packed weights, folded BatchNorm.
 
-Each model family registers a function in LOWERINGS that walks the model in the order of its
-`__call__` and hands every layer to a `Builder`. The builder decides by value kind what to emit:
+The lowering walks the model's own `stages` (bnn_jax.stages), the list its `__call__` runs, and
+hands every layer to a `Builder`; so no network's layer order is written here. The builder
+decides by value kind what to emit:
 
 * a binary conv or dense reading binary activations becomes `binary_conv`/`binary_dense`, its
   weight bits multiplied by sign(alpha_c * beta) so that its real output is
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bnn_jax import layers, models
+from bnn_jax import layers, stages
 from bnn_jax.deploy.program import Op, Program
 
 
@@ -314,74 +315,33 @@ class Builder:
     return Value(self._emit("global_avg_pool", name, [x], shape), "float", shape)
 
 
-# ----------------------------------------------------------------------------- model families
+# ----------------------------------------------------------------------------- stages
 
 
-def _lower_vgg_small(model: models.VGGSmall, b: Builder) -> Value:
-  x = b.apply("conv0", model.conv0, b.input)
-  for i in range(1, 6):
-    x = b.apply(f"bn{i}", getattr(model, f"bn{i}"), x)
-    x = b.apply(f"act{i}", getattr(model, f"act{i}"), x)
-    x = b.apply(f"conv{i}", getattr(model, f"conv{i}"), x)
-    if i in model.pool_after:
-      x = b.max_pool(f"pool{i}", x, 2, 2)
-  x = b.apply("bn6", model.bn6, x)
-  x = b.apply("act6", model.act6, x)
-  x = b.flatten("flatten", x)
-  return b.apply("head", model.head, x)
+def _lower_stage(b: Builder, module: nnx.Module, stage: stages.Stage, name: str, args) -> Value:
+  """Lowers one stage of `module`'s forward pass; op `name` (a block's stages: "block.part")."""
+  if isinstance(stage, stages.Layer):
+    layer = getattr(module, stage.name)
+    if stages.is_staged(layer):  # a block: its own stages, named under its name
+      return _lower_stages(b, layer, args[0], f"{name}.")
+    return b.apply(name, layer, args[0])
+  if isinstance(stage, stages.MaxPool):
+    return b.max_pool(name, args[0], stage.window, stage.strides, stage.padding)
+  if isinstance(stage, stages.Relu):
+    return b.relu(name, args[0])
+  if isinstance(stage, stages.Flatten):
+    return b.flatten(name, args[0])
+  if isinstance(stage, stages.GlobalAvgPool):
+    return b.global_avg_pool(name, args[0])
+  if isinstance(stage, stages.Add):
+    return b.add(name, *args)
+  raise NotImplementedError(f"stage {name} ({type(stage).__name__}) cannot be exported")
 
 
-def _lower_alexnet(model: models.AlexNet, b: Builder) -> Value:
-  x = b.max_pool("pool1", b.apply("conv1", model.conv1, b.input), 3, 2)
-  for i in range(1, 5):
-    x = b.apply(f"bn{i}", getattr(model, f"bn{i}"), x)
-    x = b.apply(f"act{i}", getattr(model, f"act{i}"), x)
-    x = b.apply(f"conv{i + 1}", getattr(model, f"conv{i + 1}"), x)
-    if i + 1 in (2, 5):
-      x = b.max_pool(f"pool{i + 1}", x, 3, 2)
-  x = b.apply("act5", model.act5, b.apply("bn5", model.bn5, x))
-  x = b.flatten("flatten", x)
-  for i in (6, 7):
-    x = b.apply(f"fc{i}", getattr(model, f"fc{i}"), x)
-    x = b.apply(f"bn{i}", getattr(model, f"bn{i}"), x)
-    x = b.apply(f"act{i}", getattr(model, f"act{i}"), x)
-  return b.apply("fc8", model.fc8, x)
-
-
-def _lower_resnet_block(block: models.ResNetBlock, b: Builder, prefix: str, x: Value) -> Value:
-  name = lambda part: f"{prefix}.{part}"
-  a = b.apply(name("act1"), block.act1, b.apply(name("bn1"), block.bn1, x))
-  skip = x
-  if block.downsample_conv is not None:
-    source = a if block.downsample_input == "binary" else x
-    skip = b.apply(name("downsample_conv"), block.downsample_conv, source)
-    skip = b.apply(name("downsample_bn"), block.downsample_bn, skip)
-  h = b.apply(name("conv1"), block.conv1, a)
-  if block.shortcut == "bireal":
-    h = b.add(name("add1"), h, skip)
-    skip = h
-  h = b.apply(name("act2"), block.act2, b.apply(name("bn2"), block.bn2, h))
-  return b.add(
-    name("add2" if block.shortcut == "bireal" else "add"),
-    b.apply(name("conv2"), block.conv2, h),
-    skip,
-  )
-
-
-def _lower_resnet18(model: models.ResNet18, b: Builder) -> Value:
-  x = b.apply("stem_bn", model.stem_bn, b.apply("stem_conv", model.stem_conv, b.input))
-  x = b.max_pool("stem_pool", b.relu("stem_relu", x), 3, 2, ((1, 1), (1, 1)))
-  for name in model.block_names:
-    x = _lower_resnet_block(getattr(model, name), b, name, x)
-  x = b.apply("final_act", model.final_act, b.apply("final_bn", model.final_bn, x))
-  return b.apply("head", model.head, b.global_avg_pool("pool", x))
-
-
-LOWERINGS = {
-  models.VGGSmall: _lower_vgg_small,
-  models.AlexNet: _lower_alexnet,
-  models.ResNet18: _lower_resnet18,
-}
+def _lower_stages(b: Builder, module: nnx.Module, x: Value, prefix: str = "") -> Value:
+  """Walks `module.stages`, the list its own forward pass runs, into ops."""
+  step = lambda stage, args: _lower_stage(b, module, stage, prefix + stage.name, args)
+  return stages.walk(module, x, step)
 
 
 def lower(model: nnx.Module, image_shape, mean=None, std=None, metadata=None) -> Program:
@@ -389,13 +349,13 @@ def lower(model: nnx.Module, image_shape, mean=None, std=None, metadata=None) ->
 
   mean, std: the per-channel normalization of the training data (DataSpec); default 0 and 1.
   """
-  lowering = LOWERINGS.get(type(model))
-  if lowering is None:
-    known = ", ".join(t.__name__ for t in LOWERINGS)
-    raise NotImplementedError(f"no export for {type(model).__name__}; supported: {known}")
+  if not stages.is_staged(model):
+    raise NotImplementedError(
+      f"no export for {type(model).__name__}: it does not list its forward pass as `stages`"
+    )
   channels = image_shape[-1]
   b = Builder(image_shape)
-  out = b.as_float(lowering(model, b))
+  out = b.as_float(_lower_stages(b, model, b.input))
   return Program(
     input_shape=tuple(image_shape),
     mean=tuple(float(m) for m in (mean if mean is not None else [0.0] * channels)),
