@@ -1,4 +1,4 @@
-"""Cost of sealing and verifying a checkpoint (bnn_jax/checkpointing.py) of VGG-Small on CIFAR-10.
+"""Cost of sealing and verifying a checkpoint (bnn_jax/checksums.py) of VGG-Small on CIFAR-10.
 
   python benchmarks/checkpoint_checksums.py [--repeats=5]
 
@@ -56,7 +56,7 @@ def main(argv):
   del argv
   import jax
 
-  from bnn_jax import checkpointing, optim, run
+  from bnn_jax import checkpointing, checksums, optim, run
   from bnn_jax.data import DataSpec
   from configs import vgg_small
 
@@ -70,18 +70,18 @@ def main(argv):
     checkpoints.save(1, state)
     checkpoints.wait_until_finished()
     folder = checkpoints.directory / "1"
-    files = [p for p in folder.rglob("*") if p.is_file() and p.name != checkpointing.MANIFEST]
+    files = [p for p in folder.rglob("*") if p.is_file() and p.name != checksums.MANIFEST]
     data = [p.read_bytes() for p in files]
     size = sum(len(d) for d in data)
-    seal = median_seconds(lambda: checkpointing.seal(folder), FLAGS.repeats)
-    verify = median_seconds(lambda: checkpointing.damage(folder), FLAGS.repeats)
+    seal = median_seconds(lambda: checksums.seal(folder), FLAGS.repeats)
+    verify = median_seconds(lambda: checksums.damage(folder), FLAGS.repeats)
     hashes = {
       "sha256": lambda: [hashlib.sha256(d).digest() for d in data],
       "blake2b": lambda: [hashlib.blake2b(d).digest() for d in data],
       "crc32": lambda: [zlib.crc32(d) for d in data],
     }
     raw = {name: median_seconds(fn, FLAGS.repeats) for name, fn in hashes.items()}
-    assert checkpointing.damage(folder) is None
+    assert checksums.damage(folder) is None
     checkpoints.close()
     jax.clear_caches()
 

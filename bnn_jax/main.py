@@ -50,14 +50,14 @@ def main(argv, config):
 
   # The config's values, before the training code (orbax, optax, tensorboard) is imported.
   config_checks.check_config(config, jax.device_count())
-  from bnn_jax import train
+  from bnn_jax import progress, train
 
   if jax.process_index() > 0:  # logs come from process 0; the others report only problems
     logging.set_verbosity(logging.WARNING)
   logging.info("%s", train.describe_run(config, FLAGS.workdir))
   try:
     result = train.train_and_evaluate(config, FLAGS.workdir)
-  except train.NonFiniteLossError as e:  # the run's outcome, not a crash: one sentence too
+  except progress.NonFiniteLossError as e:  # the run's outcome, not a crash: one sentence too
     cli.fail(e)
   if jax.process_index() == 0:
     print(f"final test accuracy {result['accuracy']:.4f} ({result['count']} examples)")

@@ -6,22 +6,20 @@ checkpoints are bnn_jax.checkpointing. The model's static structure (graphdef) i
 and merged back inside jit (flax's "functional training loop").
 """
 
-import math
 import pathlib
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from flax import nnx
 
-from bnn_jax import config_checks, layers, optim, run
+from bnn_jax import config_checks, layers, optim, run, warm_start
 from bnn_jax.checkpointing import Checkpoints
 from bnn_jax.data import DataSpec, in_memory, normalize, open_feed
+from bnn_jax.progress import NonFiniteLossError, Progress, kept
 
 # ----------------------------------------------------------------------------- losses
 
@@ -174,10 +172,6 @@ def _all_finite(tree) -> jax.Array:
 # ----------------------------------------------------------------------------- the loop
 
 
-class NonFiniteLossError(FloatingPointError):
-  """The loss or the parameters became NaN or infinite; the message names the step."""
-
-
 def describe_run(config: ml_collections.ConfigDict, workdir) -> str:
   """One log line: what a run trains, how, and where (the whole config goes to config.json)."""
   opt = config.optimizer
@@ -188,145 +182,6 @@ def describe_run(config: ml_collections.ConfigDict, workdir) -> str:
     f"{config.batch_size}, {opt.name} lr {opt.learning_rate:g} ({opt.schedule}); workdir "
     f"{workdir} (the full config: its config.json)"
   )
-
-
-class Progress:
-  """Logs every log_every steps: a bar, step/total, train loss and accuracy, speed, time left.
-
-  The speed (images/s, steps/s) counts training only: the first step of a run (which waits for
-  the compilation) and the pauses for evaluation and checkpoints are left out. Time left is the
-  remaining steps at the training speed so far plus the remaining pauses at the mean length of
-  those so far, the first left out (it compiles the evaluation); until a second pause is
-  measured the line names the number of pauses still to come instead.
-  """
-
-  def __init__(self, config, start: int, stop: int, metrics_log: run.MetricsLog):
-    self.batch_size, self.start, self.stop, self.log = config.batch_size, start, stop, metrics_log
-    self.checkpoint_every = config.checkpoint_every_steps
-    self.eval_every = stop  # set by announce, which knows the epoch length
-    self.pending, self.window = [], None  # window: (time, step) since which speed is measured
-    self.train_seconds, self.trained_steps = 0.0, 0
-    self.started, self.flushed_at, self.pauses = time.time(), time.time(), []
-
-  def announce(self, config, num_train: int, steps_per_epoch: int, total_steps: int) -> None:
-    # The loop's evaluation interval (train._train), for the pauses still to come.
-    self.eval_every = max(1, optim.steps_from_epochs(config.eval_every_epochs, steps_per_epoch))
-    logging.info(
-      "Training %s (%s) on %s: %d examples, %d steps/epoch, steps %d..%d of %d, %d devices.",
-      config.model.name,
-      _variant(config),
-      config.data.name,
-      num_train,
-      steps_per_epoch,
-      self.start,
-      self.stop,
-      total_steps,
-      jax.device_count(),
-    )
-
-  def add(self, step: int, metrics, steps: int = 1) -> None:
-    """Keeps the device metrics of a call that ran `steps` steps ending at `step`."""
-    if self.window is None:  # the first call waits for the compilation: time it apart
-      jax.block_until_ready(metrics)
-      now = time.time()
-      logging.info("step %d: compiled and ran in %.1f s", step, now - self.started)
-      self.window = (now, step)
-    self.pending.append((step, steps, metrics))
-
-  def pause(self) -> None:
-    """Keeps eval and checkpoint time out of the training speed; measures it for time left."""
-    now = time.time()
-    self.pauses.append(now - self.flushed_at)
-    self.window = (now, self.window[1])
-
-  def flush(self, last_good: int | None) -> dict[str, float]:
-    """Fetches the pending per-step metrics (one transfer), checks them and logs their mean."""
-    steps, values = [], []
-    for (last, n, _), m in zip(self.pending, jax.device_get([m for *_, m in self.pending])):
-      steps.extend(range(last - n + 1, last + 1))
-      values.extend(_rows(m, n))
-    self.pending.clear()
-    for step, m in zip(steps, values):
-      if not math.isfinite(float(m["loss"])):
-        raise NonFiniteLossError(
-          f"the training loss became {float(m['loss'])} at step {step}; the run stopped and "
-          f"{_kept(last_good)}"
-        )
-    done, now = steps[-1], time.time()
-    seconds, measured = now - self.window[0], done - self.window[1]
-    self.train_seconds += seconds
-    self.trained_steps += measured
-    self.window = (now, done)
-    mean = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
-    # Every step's loss, for exact comparisons in tests; one append for them all.
-    self.log.write_rows(
-      [
-        (s, {"train/loss": float(v["loss"]), "train/ce": float(v["ce"])})
-        for s, v in zip(steps, values)
-      ]
-    )
-    speed, rates = "", {}
-    if measured:  # none when only the first (compiling) call ran since the last log
-      steps_per_sec = measured / max(seconds, 1e-9)
-      rates = {"train/images_per_sec": steps_per_sec * self.batch_size}
-      speed = f", {rates['train/images_per_sec']:.0f} images/s ({steps_per_sec:.2f} steps/s)"
-    self.log.write(done, {f"train_mean/{k}": v for k, v in mean.items()} | rates)
-    share = done / self.stop
-    bar = "#" * int(20 * share) + "." * (20 - int(20 * share))
-    logging.info(
-      "[%s] step %d/%d: train loss %.4f, train accuracy %.4f%s, %s",
-      bar,
-      done,
-      self.stop,
-      mean["loss"],
-      mean["accuracy"],
-      speed,
-      self.time_left(done),
-    )
-    self.flushed_at = time.time()
-    return mean
-
-  def time_left(self, done: int) -> str:
-    """The remaining training at the speed so far, plus the evaluations and checkpoints."""
-    if done >= self.stop:
-      return "done"
-    if not self.trained_steps:
-      return "time left known from the next log line"
-    train = (self.stop - done) * self.train_seconds / self.trained_steps
-    # The loop flushes before it evaluates or saves: a pause at `done` is still to come.
-    pauses = _pauses_between(done - 1, self.stop, self.eval_every, self.checkpoint_every)
-    usual = self.pauses[1:]  # the first pause also compiles the evaluation: not a usual one
-    if not usual:
-      plural = "s" if pauses > 1 else ""
-      return f"{_duration(train)} left, plus {pauses} evaluation{plural} or checkpoint{plural}"
-    return f"{_duration(train + pauses * sum(usual) / len(usual))} left"
-
-
-def _pauses_between(done: int, stop: int, eval_every: int, checkpoint_every: int) -> int:
-  """Steps in (done, stop] at which the loop evaluates or saves (always at stop)."""
-
-  def multiples(every):
-    return stop // every - done // every
-
-  both = math.lcm(eval_every, checkpoint_every)
-  count = multiples(eval_every) + multiples(checkpoint_every) - multiples(both)
-  return count + (stop % eval_every != 0 and stop % checkpoint_every != 0)
-
-
-def _variant(config) -> str:
-  if not config.model.binary:
-    return "float"
-  return (
-    "binary" if config.model.get("binary_weights", True) else "binary activations, float weights"
-  )
-
-
-def _rows(metrics, steps: int) -> list[dict]:
-  """Per-step metric dicts of a call that ran `steps` steps: its scalars (one step), or the first
-  `steps` rows of its stacked values [steps_per_call]."""
-  if np.ndim(next(iter(metrics.values()))) == 0:
-    return [metrics]
-  return [{k: v[i] for k, v in metrics.items()} for i in range(steps)]
 
 
 def call_plan(start: int, stop: int, periods: tuple[int, ...], steps_per_call: int):
@@ -342,19 +197,6 @@ def call_plan(start: int, stop: int, periods: tuple[int, ...], steps_per_call: i
     steps = min(steps_per_call, boundary - done)
     done += steps
     yield steps, done
-
-
-def _kept(last_good: int | None) -> str:
-  if last_good is None:
-    return "no checkpoint was saved"
-  return f"the last good checkpoint (step {last_good}) is kept"
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(seconds)
-  if seconds >= 3600:
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-  return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -378,19 +220,23 @@ def _open_sources(config, workdir: pathlib.Path, feed) -> dict:
   """
   sources = {"teacher": None, "init": None}
   if config.distill.teacher_workdir:
-    sources["teacher"] = run.open_source_run(
+    sources["teacher"] = warm_start.open_source_run(
       "distill.teacher_workdir", config, feed.spec, feed.num_train
     )
   if config.init.from_workdir and not run.has_checkpoint(workdir):
-    sources["init"] = run.open_source_run("init.from_workdir", config, feed.spec, feed.num_train)
+    sources["init"] = warm_start.open_source_run(
+      "init.from_workdir", config, feed.spec, feed.num_train
+    )
   return sources
 
 
 def _init_from_source(config, state, source, feed, mesh) -> dict:
   """state with the parameters of config.init.from_workdir's run (restored here if not yet)."""
   if source is None:  # this workdir's own checkpoints were all unreadable
-    source = run.open_source_run("init.from_workdir", config, feed.spec, feed.num_train)
-  state, copied, fresh = run.init_from_run(state, source[3], config.binary.weight_scale_init, mesh)
+    source = warm_start.open_source_run("init.from_workdir", config, feed.spec, feed.num_train)
+  state, copied, fresh = warm_start.init_from_run(
+    state, source[3], config.binary.weight_scale_init, mesh
+  )
   logging.info(
     "Initialized from %s (step %d): %d variables copied; fresh: %s.",
     config.init.from_workdir,
@@ -483,7 +329,6 @@ def _save(manager, state, done: int, last_good: int | None) -> None:
   """Saves the state as checkpoint `done` after checking that its parameters are finite."""
   if not bool(_all_finite(state["params"])):
     raise NonFiniteLossError(
-      f"the parameters became NaN or infinite by step {done}; the run stopped and "
-      f"{_kept(last_good)}"
+      f"the parameters became NaN or infinite by step {done}; the run stopped and {kept(last_good)}"
     )
   manager.save(done, state)

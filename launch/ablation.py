@@ -141,7 +141,7 @@ def _checkpoint_step(workdir: pathlib.Path) -> int:
 
 def run_one(config, workdir: pathlib.Path, variant: str) -> dict:
   """Trains one run (or resumes it, or skips it when finished); returns its result record."""
-  from bnn_jax import run, train
+  from bnn_jax import progress, run, train
 
   result_file = workdir / RESULT_FILE
   if result_file.exists():
@@ -157,7 +157,7 @@ def run_one(config, workdir: pathlib.Path, variant: str) -> dict:
   start = time.time()
   try:
     result, status = train.train_and_evaluate(config, str(workdir)), "done"
-  except train.NonFiniteLossError as e:  # a diverging variant is a result, not a crash
+  except progress.NonFiniteLossError as e:  # a diverging variant is a result, not a crash
     logging.error("%s", e)
     result, status = {"accuracy": math.nan, "loss": math.nan, "count": 0}, "diverged"
   wall = time.time() - start

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnn_jax import checkpointing
+from bnn_jax import checkpointing, checksums
 from bnn_jax.errors import InputError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,16 +89,16 @@ def test_every_finished_save_is_sealed_and_verifies(tmp_path):
   save_steps(tmp_path, steps=(1, 2, 3))
   for step in (1, 2, 3):
     folder = tmp_path / "checkpoints" / str(step)
-    manifest = (folder / checkpointing.MANIFEST).read_text()
+    manifest = (folder / checksums.MANIFEST).read_text()
     assert "default/_METADATA" in manifest and "_CHECKPOINT_METADATA" in manifest
-    assert checkpointing.damage(folder) is None
+    assert checksums.damage(folder) is None
   assert_same(restore(tmp_path), small_state(3))
 
 
 def test_a_save_is_sealed_without_waiting_for_the_next_one(tmp_path):
   checkpoints = checkpointing.Checkpoints(tmp_path, keep=3)
   checkpoints.save(1, small_state(1))
-  manifest = tmp_path / "checkpoints" / "1" / checkpointing.MANIFEST
+  manifest = tmp_path / "checkpoints" / "1" / checksums.MANIFEST
   deadline = time.time() + 120  # the background sealer writes it once orbax is done
   while not manifest.exists() and time.time() < deadline:
     time.sleep(0.05)
@@ -126,9 +126,9 @@ def test_flipped_data_bytes_are_detected_and_the_previous_checkpoint_is_used(
 
 def test_a_checkpoint_without_manifest_is_treated_as_incomplete(tmp_path, capsys):
   states = save_steps(tmp_path)
-  (tmp_path / "checkpoints" / "2" / checkpointing.MANIFEST).unlink()  # killed before the seal
+  (tmp_path / "checkpoints" / "2" / checksums.MANIFEST).unlink()  # killed before the seal
   assert_same(restore(tmp_path), states[1])
-  assert f"has no {checkpointing.MANIFEST}: its save did not finish" in capsys.readouterr().out
+  assert f"has no {checksums.MANIFEST}: its save did not finish" in capsys.readouterr().out
   assert [p.name[:2] for p in (tmp_path / "corrupt_checkpoints").iterdir()] == ["2-"]
 
 
@@ -175,7 +175,7 @@ def test_reading_a_run_skips_a_damaged_checkpoint_and_changes_nothing(tmp_path, 
 def test_reading_a_run_without_a_usable_checkpoint_raises_and_changes_nothing(tmp_path):
   save_steps(tmp_path)
   flip(data_files(tmp_path / "checkpoints" / "2")[0], 0.5)
-  (tmp_path / "checkpoints" / "1" / checkpointing.MANIFEST).unlink()
+  (tmp_path / "checkpoints" / "1" / checksums.MANIFEST).unlink()
   before = snapshot(tmp_path)
   with pytest.raises(InputError, match=f"workdir {tmp_path} has no usable checkpoint .step 2: "):
     restore(tmp_path, read_only=True)

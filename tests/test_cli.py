@@ -326,12 +326,13 @@ def test_progress_leaves_out_compilation_and_counts_the_pauses(
   tmp_path, test_config, monkeypatch, caplog
 ):
   """A fake clock: compiling takes 30 s, a step 2 s, the first pause 10 s, the next 3 s."""
-  from bnn_jax import run, train
+  from bnn_jax import progress as progress_line
+  from bnn_jax import run
 
   caplog.set_level("INFO")
   clock = [100.0]
-  monkeypatch.setattr(train.time, "time", lambda: clock[0])
-  progress = train.Progress(test_config, 0, 12, run.MetricsLog(tmp_path))
+  monkeypatch.setattr(progress_line.time, "time", lambda: clock[0])
+  progress = progress_line.Progress(test_config, 0, 12, run.MetricsLog(tmp_path))
   progress.announce(test_config, 64, 4, 12)  # evaluations and checkpoints every 4 steps
 
   def steps(first, last, seconds_each):

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from bnn_jax import checkpointing, distributed
+from bnn_jax import checksums, distributed
 from bnn_jax.errors import InputError
 from launch import local_processes
 
@@ -84,7 +84,7 @@ def _checkpoints(workdir: pathlib.Path) -> list[int]:
     sorted(
       int(p.name)
       for p in folder.iterdir()
-      if p.name.isdigit() and (p / checkpointing.MANIFEST).exists()
+      if p.name.isdigit() and (p / checksums.MANIFEST).exists()
     )
     if folder.exists()
     else []

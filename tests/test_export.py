@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bnn_jax import run, train
-from bnn_jax.data import in_memory
+from bnn_jax.data import sources
 from bnn_jax.deploy import export, inference, summary
 from bnn_jax.deploy.program import ALIGN, PREAMBLE, from_bytes, to_bytes
 from bnn_jax.errors import InputError
@@ -64,7 +64,7 @@ def test_exported_engine_reproduces_the_training_evaluation(trained):
   """Trained weights: the engine's top-1 equals train.evaluate's on the (fake) test set."""
   _, config, result, model, program = trained
   assert program.metadata["model"] == "vgg_small" and program.metadata["dataset"] == "fake"
-  ds = in_memory.load(config.data)
+  ds = sources.load(config.data)
   engine = inference.Engine(program)
   logits = np.asarray(engine.logits(ds.test_images))
   correct = int(np.sum(logits.argmax(-1) == ds.test_labels))
@@ -157,7 +157,7 @@ def test_infer_classifies_npz_and_image_files(trained, tmp_path, model_bytes):
   config = trained[1]
   model = tmp_path / "m.bnn"
   model.write_bytes(model_bytes)
-  ds = in_memory.load(config.data)
+  ds = sources.load(config.data)
   np.savez(tmp_path / "test.npz", images=ds.test_images[:10], labels=ds.test_labels[:10])
   Image.fromarray(ds.test_images[0]).save(tmp_path / "first.png")
   done = run_module(

@@ -10,7 +10,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bnn_jax import config_checks, run, train
-from bnn_jax.data import imagenet
+from bnn_jax.data import host_batches, imagenet
 from bnn_jax.errors import InputError
 
 TFDS_EXTRA = 'the ImageNet pipeline needs the tfds extra: pip install -e ".[tfds]"'
@@ -140,7 +140,7 @@ def test_eval_batches_see_every_example_once_across_processes(processes, local_b
 def test_global_batches_assemble_the_local_rows():
   mesh = run.make_mesh()
   sharding = NamedSharding(mesh, P("data"))
-  rows = imagenet.process_rows(sharding, 8)
+  rows = host_batches.process_rows(sharding, 8)
   assert rows == (0, 8)  # a single process holds every row
   source = _source()
   batch = next(imagenet.train_batches(source, sharding, 8, first_step=0, seed=3))

@@ -387,9 +387,9 @@ def test_trained_fashion_mnist_engine_matches_the_training_evaluation(tmp_path):
   assert result["count"] == 10_000
   program = export.program_of_workdir(tmp_path)
   _, spec, model = run.restore_model(tmp_path)
-  from bnn_jax.data import in_memory
+  from bnn_jax.data import sources
 
-  ds = in_memory.load(config.data)
+  ds = sources.load(config.data)
   engine = inference.Engine(program)
   correct, compared = 0, 0
   for start in range(0, 10_000, 1000):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bnn_jax import run, train
-from bnn_jax.data import in_memory
+from bnn_jax.data import in_memory, sources
 from bnn_jax.errors import InputError
 
 
@@ -38,7 +38,7 @@ def _write_mnist_folder(folder, n_train=12, n_test=5, compress=True):
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_folder_round_trip(tmp_path, compress):
   files = _write_mnist_folder(tmp_path, compress=compress)
-  ds = in_memory.load_idx_folder(str(tmp_path))
+  ds = sources.load_idx_folder(str(tmp_path))
   np.testing.assert_array_equal(ds.train_images[..., 0], files["train-images-idx3-ubyte"])
   np.testing.assert_array_equal(ds.test_labels, files["t10k-labels-idx1-ubyte"])
   assert ds.image_shape == (28, 28, 1)
@@ -49,7 +49,7 @@ def test_truncated_idx_file_names_the_file(tmp_path):
   path = tmp_path / "train-images-idx3-ubyte"
   path.write_bytes(path.read_bytes()[:-100])
   with pytest.raises(InputError, match="train-images-idx3-ubyte is truncated or corrupt"):
-    in_memory.load_idx_folder(str(tmp_path))
+    sources.load_idx_folder(str(tmp_path))
 
 
 def test_corrupt_gzip_and_bad_magic_are_reported(tmp_path):
@@ -57,17 +57,17 @@ def test_corrupt_gzip_and_bad_magic_are_reported(tmp_path):
   gz = tmp_path / "t10k-labels-idx1-ubyte.gz"
   gz.write_bytes(gz.read_bytes()[:20])
   with pytest.raises(InputError, match="t10k-labels-idx1-ubyte.gz is truncated or corrupt"):
-    in_memory.load_idx_folder(str(tmp_path))
+    sources.load_idx_folder(str(tmp_path))
   gz.write_bytes(gzip.compress(b"PK\x03\x04 not an idx file"))
   with pytest.raises(InputError, match="is not an IDX file"):
-    in_memory.load_idx_folder(str(tmp_path))
+    sources.load_idx_folder(str(tmp_path))
 
 
 def test_missing_folder_and_missing_file(tmp_path):
   with pytest.raises(InputError, match="is not a folder; give the folder of the IDX files"):
-    in_memory.load_idx_folder(str(tmp_path / "nowhere"))
+    sources.load_idx_folder(str(tmp_path / "nowhere"))
   with pytest.raises(InputError, match="has no train-images-idx3-ubyte"):
-    in_memory.load_idx_folder(str(tmp_path))
+    sources.load_idx_folder(str(tmp_path))
 
 
 def test_npz_folder_and_its_errors(tmp_path):
@@ -78,14 +78,14 @@ def test_npz_folder_and_its_errors(tmp_path):
       images=rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
       labels=np.arange(n) % 10,  # the training set has every class of the test set
     )
-  ds = in_memory.load_npz_folder(str(tmp_path))
+  ds = sources.load_npz_folder(str(tmp_path))
   assert ds.image_shape == (32, 32, 3) and len(ds.train_labels) == 10
   (tmp_path / "test.npz").write_bytes((tmp_path / "test.npz").read_bytes()[:50])
   with pytest.raises(InputError, match="test.npz is truncated or corrupt"):
-    in_memory.load_npz_folder(str(tmp_path))
+    sources.load_npz_folder(str(tmp_path))
   np.savez(tmp_path / "test.npz", pixels=np.zeros((2, 4, 4), np.uint8))
   with pytest.raises(InputError, match="must hold arrays 'images' and 'labels'"):
-    in_memory.load_npz_folder(str(tmp_path))
+    sources.load_npz_folder(str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- label validation
@@ -120,12 +120,12 @@ def test_bad_labels_are_refused_not_converted(tmp_path, train_labels, message):
   )
   np.savez(folder / "test.npz", images=np.zeros((2, 4, 4), np.uint8), labels=np.array([0, 1]))
   with pytest.raises(InputError, match=message):
-    in_memory.load_npz_folder(str(folder))
+    sources.load_npz_folder(str(folder))
 
 
 def test_classes_are_the_largest_label_plus_one_and_stated(tmp_path, caplog):
   caplog.set_level("INFO")
-  ds = in_memory.load_npz_folder(_save_npz(tmp_path, np.array([0, 3, 9, 9]), np.array([1, 9])))
+  ds = sources.load_npz_folder(_save_npz(tmp_path, np.array([0, 3, 9, 9]), np.array([1, 9])))
   assert ds.num_classes == 10 and ds.train_labels.dtype == np.int32
   assert "4 training and 2 test images of 4x4x1, 10 classes." in caplog.text
 
@@ -133,16 +133,16 @@ def test_classes_are_the_largest_label_plus_one_and_stated(tmp_path, caplog):
 def test_test_labels_must_be_classes_of_the_training_set(tmp_path):
   folder = _save_npz(tmp_path, np.array([0, 1, 2]), np.array([1, 3]))
   with pytest.raises(InputError, match=r"test label 3 is not one of the 3 classes of the training"):
-    in_memory.load_npz_folder(folder)
+    sources.load_npz_folder(folder)
 
 
 def test_declared_class_count(tmp_path):
   many = np.array([0, 20_000, 5])
-  ds = in_memory.load_npz_folder(_save_npz(tmp_path / "a", many, many[:2], num_classes=20_001))
+  ds = sources.load_npz_folder(_save_npz(tmp_path / "a", many, many[:2], num_classes=20_001))
   assert ds.num_classes == 20_001
   with pytest.raises(InputError, match="training label 20000 is outside the 300 declared classes"):
-    in_memory.load_npz_folder(_save_npz(tmp_path / "b", many, many[:2], num_classes=300))
-  few = in_memory.load_npz_folder(
+    sources.load_npz_folder(_save_npz(tmp_path / "b", many, many[:2], num_classes=300))
+  few = sources.load_npz_folder(
     _save_npz(tmp_path / "c", np.array([0, 1]), np.array([1]), num_classes=5)
   )
   assert few.num_classes == 5  # declared classes may have no example yet
@@ -153,9 +153,9 @@ def test_idx_labels_beyond_the_declared_ten_classes(tmp_path):
   labels = files["train-labels-idx1-ubyte"].copy()
   labels[3] = 12
   (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(labels))
-  assert in_memory.load_idx_folder(str(tmp_path)).num_classes == 13  # nothing declared
+  assert sources.load_idx_folder(str(tmp_path)).num_classes == 13  # nothing declared
   with pytest.raises(InputError, match="training label 12 is outside the 10 declared classes"):
-    in_memory.load_idx_folder(str(tmp_path), num_classes=10)
+    sources.load_idx_folder(str(tmp_path), num_classes=10)
 
 
 def test_idx_header_shorter_than_declared(tmp_path):
@@ -163,7 +163,7 @@ def test_idx_header_shorter_than_declared(tmp_path):
   path = tmp_path / "train-images-idx3-ubyte"
   path.write_bytes(path.read_bytes()[:10])  # magic says 3 dimensions: 16 bytes of header
   with pytest.raises(InputError, match=r"header declares 3 dimensions \(16 bytes of header\), the"):
-    in_memory.load_idx_folder(str(tmp_path))
+    sources.load_idx_folder(str(tmp_path))
 
 
 def test_mnist_config_crops_and_reads_an_idx_folder_of_ten_classes(tmp_path):
@@ -175,23 +175,23 @@ def test_mnist_config_crops_and_reads_an_idx_folder_of_ten_classes(tmp_path):
   _write_mnist_folder(tmp_path)
   config.data.path = str(tmp_path)
   config_checks.check_config(config, num_devices=1)
-  ds = in_memory.load(config.data)
+  ds = sources.load(config.data)
   assert ds.num_classes == 10 and ds.image_shape == (28, 28, 1)
 
 
 def test_fake_data_is_deterministic_and_subset_applies(test_config):
-  a = in_memory.load(test_config.data)
-  b = in_memory.load(test_config.data)
+  a = sources.load(test_config.data)
+  b = sources.load(test_config.data)
   np.testing.assert_array_equal(a.train_images, b.train_images)
   assert a.image_shape == (8, 8, 3) and a.num_classes == 4
   test_config.data.train_subset = 10
-  assert len(in_memory.load(test_config.data).train_labels) == 10
+  assert len(sources.load(test_config.data).train_labels) == 10
 
 
 def test_unknown_dataset_name(test_config):
   test_config.data.name = "imagenet9000"
   with pytest.raises(InputError, match="unknown data.name 'imagenet9000'; allowed: cifar10"):
-    in_memory.load(test_config.data)
+    sources.load(test_config.data)
 
 
 def test_train_batches_cover_each_epoch_once_and_reshuffle():

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from bnn_jax import config_checks, models, optim, run, train
-from bnn_jax.data import DataSpec, in_memory
+from bnn_jax.data import DataSpec, sources
 from bnn_jax.errors import InputError
 
 _COMPILED = {}  # tests share compiled updates: (config as JSON) -> (state, jitted update)
@@ -25,7 +25,7 @@ def _state(config, spec):
 
 
 def _batch(config, n, seed=0):
-  ds = in_memory.load_fake(config.data)
+  ds = sources.load_fake(config.data)
   spec = DataSpec(ds.num_classes, ds.image_shape, tuple(ds.mean), tuple(ds.std))
   rng = np.random.default_rng(seed)
   idx = rng.choice(len(ds.train_labels), n, replace=False)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bnn_jax import config_checks, layers, models, optim, run, train
-from bnn_jax.data import DataSpec, in_memory, normalize
+from bnn_jax import config_checks, layers, models, optim, run, train, warm_start
+from bnn_jax.data import DataSpec, normalize, sources
 from bnn_jax.errors import InputError
 
 
@@ -226,7 +226,7 @@ def test_update_distills_from_the_teachers_eval_mode_logits(runs):
   update = jax.jit(
     train.make_update(graphdef, tx, schedule, config, spec, teacher_graphdef), donate_argnums=0
   )
-  ds = in_memory.load_fake(config.data)
+  ds = sources.load_fake(config.data)
   images, labels = jnp.asarray(ds.train_images[:16]), jnp.asarray(ds.train_labels[:16])
   x = normalize(images, spec)
   student = nnx.merge(graphdef, state["params"], jax.tree.map(jnp.copy, state["rest"]))
@@ -354,7 +354,7 @@ def test_init_copies_batchnorm_statistics_and_sets_alpha_from_the_loaded_kernels
     config = _test_config(**{"binary.weight_scale_init": scale_init})
     tx, _ = optim.make(config, 4)
     _, target = run.init_state(config, spec, tx, mesh)
-    state, copied, fresh = run.init_from_run(target, source, scale_init, mesh)
+    state, copied, fresh = warm_start.init_from_run(target, source, scale_init, mesh)
     got_p, got_r = _variables(state["params"]), _variables(state["rest"])
     for name, var in {**_variables(source["params"]), **_variables(source["rest"])}.items():
       np.testing.assert_array_equal({**got_p, **got_r}[name][...], var[...], err_msg=name)

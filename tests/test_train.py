@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from bnn_jax import run, train
+from bnn_jax import progress, run, train
 from bnn_jax.errors import InputError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     name="sgd", learning_rate=1.0, schedule="step", decay_epochs=(1.0,), decay_factor=1e30
   )  # lr 1e30 after step 4
   with pytest.raises(
-    train.NonFiniteLossError,
+    progress.NonFiniteLossError,
     match=r"became (nan|inf) at step [5-8];.*last good checkpoint \(step 4\)",
   ):
     train.train_and_evaluate(test_config, tmp_path)

@@ -2,7 +2,7 @@
 
 INPUT is an image file (PNG, JPEG, ...: converted to the model's channels, never resized) or an
 .npz holding `images` uint8 [N, H, W(, C)] and optionally integer `labels` [N] (read and checked
-by the training code's own reader, bnn_jax.data.in_memory.read_npz). Prints a summary: the
+by the training code's own reader, bnn_jax.data.sources.read_npz). Prints a summary: the
 number of images, and with labels the accuracy and a per-class table (images, accuracy, the class
 most often predicted instead), without labels the classes predicted most often; class names come
 from the model file. --per_image adds one line per image. Uses only the inference engine: no
@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 from absl import app, flags
 
-from bnn_jax.data.in_memory import read_npz
+from bnn_jax.data.sources import read_npz
 from bnn_jax.deploy import inference
 from bnn_jax.errors import InputError
 from bnn_jax.logs import quiet_library_logs

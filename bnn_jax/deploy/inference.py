@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bnn_jax.deploy.program import Op, Program, check_program, load, save  # noqa: F401 (the API)
+from bnn_jax.deploy.checks import check_program  # noqa: F401 (the API)
+from bnn_jax.deploy.program import Op, Program, load, save  # noqa: F401 (the API)
 from bnn_jax.errors import InputError
 
 WORD_BITS = 32
