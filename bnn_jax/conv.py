@@ -101,19 +101,9 @@ def conv_general_dilated(
   )
   if plain:
     return conv2d(lhs, rhs, tuple(window_strides), padding, feature_group_count)
+  args = (lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count)
   return lax.conv_general_dilated(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=lhs_dilation,
-    rhs_dilation=rhs_dilation,
-    dimension_numbers=dimension_numbers,
-    feature_group_count=feature_group_count,
-    batch_group_count=batch_group_count,
-    precision=precision,
-    preferred_element_type=preferred_element_type,
-    **kwargs,
+    lhs, rhs, window_strides, padding, *args, precision, preferred_element_type, **kwargs
   )
 
 

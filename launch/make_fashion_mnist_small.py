@@ -28,18 +28,9 @@ import zipfile
 
 import numpy as np
 
-CLASS_NAMES = (
-  "T-shirt/top",
-  "Trouser",
-  "Pullover",
-  "Dress",
-  "Coat",
-  "Sandal",
-  "Shirt",
-  "Sneaker",
-  "Bag",
-  "Ankle boot",
-)
+from bnn_jax.data import DATASETS  # noqa: E402
+
+CLASS_NAMES = DATASETS["fashion_mnist"].class_names
 FILES = {
   "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
   "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
