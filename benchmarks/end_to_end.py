@@ -10,7 +10,7 @@ Prints, in one run, for each variant:
              checkpoints only after the last timed step; images/s is the median of the
              trainer's own log windows (train/images_per_sec in metrics.jsonl; they leave out
              the first call, which compiles); once per --steps_per_call value
-and, for the first variant and the largest steps_per_call, the images/s of N trainer runs at
+and, for the first variant and its fastest steps_per_call, the images/s of N trainer runs at
 once on this one device (the sum of their medians), for N in --runs_at_once.
 
 Several runs at once are N processes, each with its own share of the accelerator's memory
@@ -170,24 +170,28 @@ def main(argv):
     f"of {FLAGS.window_steps} steps, median",
     flush=True,
   )
+  fastest = {}  # variant -> the steps_per_call of its best trainer figure
   for variant in FLAGS.variants:
     step = train_speed.measure(config, variant)
     print(f"{variant:>6} step benchmark      {step:10.1f} images/s", flush=True)
+    rates = {}
     for k in ks:
-      rate = trainer_rate(config, variant, k)
+      rates[k] = trainer_rate(config, variant, k)
       print(
-        f"{variant:>6} trainer steps_per_call={k:<3} {rate:10.1f} images/s "
-        f"({rate / step:.3f} of the step benchmark)",
+        f"{variant:>6} trainer steps_per_call={k:<3} {rates[k]:10.1f} images/s "
+        f"({rates[k] / step:.3f} of the step benchmark)",
         flush=True,
       )
+    fastest[variant] = max(rates, key=rates.get)
   variant = FLAGS.variants[0]
+  k = fastest[variant]
   print(
-    f"runs at once ({variant}, steps_per_call={ks[-1]}; N processes, "
+    f"runs at once ({variant}, steps_per_call={k}; N processes, "
     f"XLA_PYTHON_CLIENT_MEM_FRACTION={MEMORY_SHARE}/N each):",
     flush=True,
   )
   for count in sorted({int(n) for n in FLAGS.runs_at_once}):
-    rates = runs_at_once(count, variant, ks[-1])
+    rates = runs_at_once(count, variant, k)
     each = ", ".join(f"{r:.1f}" for r in rates)
     print(f"  N={count}: {sum(rates):10.1f} images/s in all (each: {each})", flush=True)
   print(load())
