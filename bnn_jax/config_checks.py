@@ -27,7 +27,7 @@ def _sizes(n: int, what: str):
 
 
 _INCREASING_EPOCHS = (
-  lambda v: all(_type_ok(e, float) and e >= 0 for e in v) and list(v) == sorted(v),
+  lambda v: all(_type_ok(e, float) and e >= 0 for e in v) and all(a < b for a, b in zip(v, v[1:])),
   "epochs >= 0 in increasing order, e.g. (100.0, 150.0)",
 )
 
