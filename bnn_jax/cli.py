@@ -139,6 +139,9 @@ def load_config(path: str | None, overrides=()) -> ml_collections.ConfigDict:
 
 
 def _load_file(path: str) -> ml_collections.ConfigDict:
+  argument = None
+  if ":" in path and not pathlib.Path(path).exists():  # FILE:ARG -> get_config(ARG)
+    path, argument = path.rsplit(":", 1)
   file = pathlib.Path(path)
   if file.is_dir():
     raise InputError(f"--config={path} is a folder; give a config file, e.g. {_example(file)}")
@@ -150,7 +153,7 @@ def _load_file(path: str) -> ml_collections.ConfigDict:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
       raise InputError(f"config file {path} defines no get_config(); start from configs/base.py")
-    config = module.get_config()
+    config = module.get_config() if argument is None else module.get_config(argument)
   except InputError:
     raise
   except Exception as e:  # the file is the user's code: any error is a bad config file

@@ -26,6 +26,9 @@ from configs import vgg_small
 STAGE_1_WORKDIR = "/tmp/vgg_small_two_stage_1"
 
 
+CONFIG_ARGUMENTS = ("1", "2")  # --config=configs/vgg_small_two_stage.py:1 (or :2)
+
+
 def get_config(stage: str = ""):
   """stage "1" (binary activations, float weights) or "2" (binary, from stage 1)."""
   if stage not in ("1", "2"):

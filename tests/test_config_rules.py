@@ -23,8 +23,13 @@ def _configs_of(path):
   spec = importlib.util.spec_from_file_location(f"_rules_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
-  out = [(f"{path.name} get_config()", config)]
+  # Files that take an argument (--config=FILE:ARG) name its values in CONFIG_ARGUMENTS.
+  args = getattr(module, "CONFIG_ARGUMENTS", (None,))
+  configs = [module.get_config() if a is None else module.get_config(a) for a in args]
+  if path.stem == "mnist":  # its folder is required (no default), not part of the recipe
+    configs[0].data.path = "/path/to/mnist"
+  config = configs[0]
+  out = [(f"{path.name} get_config({a or ''})", c) for a, c in zip(args, configs)]
   if hasattr(module, "sweep"):
     for name, overrides in sweep.load_sweep(str(path)):
       out.append((f"{path.name} sweep point {name!r}", sweep.apply(config, overrides)))
