@@ -93,9 +93,13 @@ def test_bfloat16_keeps_float32_weights_optimizer_and_batchnorm_statistics(test_
   assert metrics["loss"].dtype == jnp.float32
 
 
-@pytest.mark.parametrize("binary, rtol", [(False, 0.01), (True, 0.05)])
-def test_bfloat16_loss_and_gradients_match_float32(test_config, binary, rtol):
-  """Binary activations flip where bfloat16 rounding moves an input across 0: a looser match."""
+@pytest.mark.parametrize("binary", [False, True])
+def test_bfloat16_loss_and_gradients_match_float32(test_config, binary):
+  """Float: three steps from the same weights on the same batches stay within 1 % (measured
+  0.6 %). Binary: bfloat16 rounding moves some inputs across 0 and flips those activations, so
+  after an update the two runs take different paths (float32 itself changes path when only the
+  gradient's summation order changes); what must hold is the first loss, from identical weights,
+  within 5 % (measured 2.5 %), and both runs learning."""
   test_config.model.binary = binary
   spec, images, labels = _batch(test_config, 16)
   runs = {}
@@ -107,9 +111,13 @@ def test_bfloat16_loss_and_gradients_match_float32(test_config, binary, rtol):
       state, metrics = update(state, images[::-1] if step % 2 else images, labels)
       losses.append(float(metrics["ce"]))
     runs[dtype] = (losses, float(metrics["grad_norm"]))
-  np.testing.assert_allclose(runs["bfloat16"][0], runs["float32"][0], rtol=rtol)
-  if not binary:  # measured: float 0.1 % apart; binary 19 % (flipped activations)
-    np.testing.assert_allclose(runs["bfloat16"][1], runs["float32"][1], rtol=0.02)
+  (bf16, bf16_norm), (f32, f32_norm) = runs["bfloat16"], runs["float32"]
+  if binary:
+    np.testing.assert_allclose(bf16[0], f32[0], rtol=0.05)
+    assert bf16[-1] < bf16[0] and f32[-1] < f32[0], runs
+  else:
+    np.testing.assert_allclose(bf16, f32, rtol=0.01)
+    np.testing.assert_allclose(bf16_norm, f32_norm, rtol=0.02)
 
 
 # ----------------------------------------------------------------------------- accumulation

@@ -193,9 +193,9 @@ def test_a_run_saved_before_the_recipe_keys_resumes_and_restores_as_before(tmp_p
   loaded, _ = run.load_run(tmp_path)
   assert loaded.optimizer.label_smoothing == 0.0 and loaded.model.binary_weights is True
   assert loaded.distill.teacher_workdir == "" and loaded.init.from_workdir == ""
+  flat = run.flatten_config(config)
   for key, value in run.ADDED_KEYS.items():  # the defaults there are base.py's
-    group, name = key.split(".")
-    assert config[group][name] == value, key
+    assert flat[key] == value, key
 
 
 # ----------------------------------------------------------------------------- the runs
