@@ -283,13 +283,14 @@ def copy_of(trained, tmp_path) -> pathlib.Path:
 
 
 def test_export_reads_the_checkpoint_before_a_damaged_one_and_changes_nothing(trained, tmp_path):
-  from bnn_jax import export, train
+  from bnn_jax import run
+  from bnn_jax.deploy import export
 
   workdir = copy_of(trained, tmp_path)
   flip(data_files(workdir / "checkpoints" / "8")[0], 0.5)
   before = snapshot(workdir)
-  _, _, model = train.restore_model(workdir)
-  assert export.program_of_model(*train.load_run(workdir), model).ops
+  _, _, model = run.restore_model(workdir)
+  assert export.program_of_model(*run.load_run(workdir), model).ops
   assert snapshot(workdir) == before
 
 
@@ -304,7 +305,7 @@ def test_export_of_a_run_without_a_readable_checkpoint_exits_2_and_changes_nothi
     [
       sys.executable,
       "-m",
-      "bnn_jax.export",
+      "bnn_jax.deploy.export",
       f"--workdir={workdir}",
       f"--output={tmp_path / 'model.bnn'}",
     ],

@@ -12,9 +12,9 @@ import zlib
 import numpy as np
 import pytest
 
-from bnn_jax import inference
+from bnn_jax.deploy import inference
+from bnn_jax.deploy.program import ALIGN, PREAMBLE, Op, Program, load, to_bytes
 from bnn_jax.errors import InputError
-from bnn_jax.program import ALIGN, PREAMBLE, Op, Program, load, to_bytes
 
 
 def tiny_program() -> Program:
