@@ -135,7 +135,7 @@ def test_two_processes_train_like_one_and_resume_after_being_killed(tmp_path):
   assert resumed and int(resumed.group(1)) >= 4, logs_0[-3000:]
   assert "final test accuracy" in logs_0 and "(20 examples)" in logs_0  # each image once
   # Logs come from process 0 only.
-  assert re.search(r"step \d+: loss", logs_0) and not re.search(r"step \d+: loss", logs_1)
+  assert re.search(r"step \d+/\d+: loss", logs_0) and not re.search(r"step \d+/\d+: loss", logs_1)
   assert "final test accuracy" not in logs_1
 
   got = _losses(workdir)
