@@ -38,6 +38,20 @@ def test_config():
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """configs/test.py trained straight to its end (12 steps on fake 8x8 data, checkpoints of steps
+  4, 8 and 12): (config, workdir, final evaluation). Shared by the tests that only read it: never
+  write to it.
+  """
+  from bnn_jax import train
+  from configs import test
+
+  config = test.get_config()
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope="session")
 def fashion_mnist_small_run(tmp_path_factory):
   """configs/fashion_mnist.py (binary VGG-Small, width 1/4) trained for 1 epoch on the bundled
   Fashion-MNIST subset (78 steps of 128; about 60 s of CPU), evaluated on its 2,000 test images:
