@@ -58,6 +58,7 @@ def _correct_of_final_checkpoint(workdir) -> int:
   return int(np.sum(np.argmax(logits, -1) == ds.test_labels))
 
 
+@pytest.mark.slow  # 5 short trainings of 4 train steps (one per variant and seed): 75 s of CPU
 def test_runner_writes_csv_and_plot_and_resumes(test_config, tmp_path, monkeypatch):
   test_config.num_epochs = 1.0  # 4 steps of 16 fake images
   test_config.checkpoint_every_steps = 2

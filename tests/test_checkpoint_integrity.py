@@ -226,11 +226,14 @@ def assert_one_sentence(result, workdir, os_error):
   assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
 
 
-def test_main_ends_with_one_sentence_when_the_disk_is_full(tmp_path):
+def test_main_ends_with_one_sentence_when_the_disk_is_full(tmp_path, monkeypatch):
   # A file size limit (RLIMIT_FSIZE) fails the checkpoint's writes in orbax's background
   # threads with EFBIG, as a full disk fails them with ENOSPC, for root too. 16 KiB lets the
   # workdir's small files through; the checkpoint's data files are larger.
   limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+  # The limit would also cut the test session's compilation cache entries (conftest.py) short:
+  # this run reads the cache but writes nothing to it.
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1e9")
   result = run_main(tmp_path, preexec_fn=limit)
   assert_one_sentence(result, tmp_path, "File too large (EFBIG)")
 

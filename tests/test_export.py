@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bnn_jax import run, train
+from bnn_jax import run
 from bnn_jax.data import sources
 from bnn_jax.deploy import export, inference, summary
 from bnn_jax.deploy.program import ALIGN, PREAMBLE, from_bytes, to_bytes
@@ -33,13 +33,10 @@ def run_module(module, *args):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_run):
   """A workdir of configs/test.py (tiny VGG-Small on fake 8x8 data), its final evaluation, the
   restored model and its Program."""
-  from configs import test
-
-  workdir = tmp_path_factory.mktemp("workdir")
-  result = train.train_and_evaluate(test.get_config(), workdir)
+  _, workdir, result = tiny_run  # shared with other tests: read only
   config, spec, model = run.restore_model(workdir)
   return workdir, config, result, model, export.program_of_model(config, spec, model, workdir)
 

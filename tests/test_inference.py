@@ -12,7 +12,7 @@ from flax import nnx
 from bnn_jax import layers, models, run, stages
 from bnn_jax.deploy import inference, lowering
 from bnn_jax.errors import InputError
-from tests.conftest import ROOT, require_fashion_mnist
+from tests.conftest import ROOT
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -59,13 +59,17 @@ def vgg(config, width=1 / 16, image_shape=(12, 12, 3), **binary):
   return models.create_model(config, 5, image_shape, nnx.Rngs(0))
 
 
+def _captured_outputs(model, x):
+  return nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x, train=False)
+
+
+# One jitted function for every call: a model and batch shape seen before is not compiled again.
+_jitted_captured_outputs = nnx.jit(_captured_outputs)
+
+
 def training_graph(model, x):
   """Logits and every submodule's output (by dotted path) of model(x, train=False), jitted."""
-
-  def run(model, x):
-    return nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x, train=False)
-
-  logits, captured = nnx.jit(run)(model, x)
+  logits, captured = _jitted_captured_outputs(model, x)
   outputs = {}
   for path, var in nnx.to_flat_state(captured):
     names = [str(p) for p in path if str(p) not in ("__call__", "value")]
@@ -87,13 +91,14 @@ def activation_of(program, op):
   return program.op(source.inputs[0]).name if source.kind == "flatten" else source.name
 
 
-def check_engine_matches(model, program, images, exact_bits=True):
+def check_engine_matches(model, program, images, exact_bits=True, engine=None):
   """Asserts the engine reproduces model(x, train=False): bits, counts, logits, top-1.
 
   Returns the number of bits compared. exact_bits=False allows a bit to differ only where the
   training graph's pre-activation lies within float32 rounding of 0 (a float residual stream).
+  engine: an inference.Engine of `program` to reuse (its compiled functions), or None for a new one.
   """
-  engine = inference.Engine(program)
+  engine = inference.Engine(program) if engine is None else engine
   x = engine.normalize(images)
   logits, outputs = training_graph(model, x)
   values = engine.run({"input": x}, collect=True)
@@ -370,33 +375,26 @@ def test_unknown_op_kind_is_refused(test_config):
 
 
 @pytest.mark.slow
-def test_trained_fashion_mnist_engine_matches_the_training_evaluation(tmp_path):
-  """Trains VGG-Small (width 1/4) briefly; the engine's top-1 on the 10,000 test images equals
-  train.evaluate's, and every bit of every binary layer's input equals the training graph's."""
-  require_fashion_mnist()
-  from bnn_jax import train
-  from bnn_jax.deploy import export
-  from configs import fashion_mnist
-
-  config = fashion_mnist.get_config()
-  config.max_steps = 40
-  config.data.train_subset = 5120
-  config.checkpoint_every_steps = 40
-  config.eval_every_epochs = 100.0
-  result = train.train_and_evaluate(config, tmp_path)
-  assert result["count"] == 10_000
-  program = export.program_of_workdir(tmp_path)
-  _, spec, model = run.restore_model(tmp_path)
+def test_trained_fashion_mnist_engine_matches_the_training_evaluation(fashion_mnist_small_run):
+  """VGG-Small (width 1/4) trained for an epoch on the bundled Fashion-MNIST subset: the engine's
+  top-1 on its 2,000 test images equals train.evaluate's, and every bit of every binary layer's
+  input equals the training graph's, on every test image."""
   from bnn_jax.data import sources
+  from bnn_jax.deploy import export
 
+  config, workdir, result = fashion_mnist_small_run
+  assert result["count"] == 2_000
+  program = export.program_of_workdir(workdir)
+  _, spec, model = run.restore_model(workdir)
   ds = sources.load(config.data)
+  assert len(ds.test_labels) == 2_000
   engine = inference.Engine(program)
   correct, compared = 0, 0
-  for start in range(0, 10_000, 1000):
+  for start in range(0, 2_000, 1000):
     batch = ds.test_images[start : start + 1000]
     correct += int(
       np.sum(np.argmax(engine.logits(batch), -1) == ds.test_labels[start : start + 1000])
     )
-    compared += check_engine_matches(model, program, batch)
+    compared += check_engine_matches(model, program, batch, engine=engine)
   assert correct == round(result["accuracy"] * result["count"])  # accuracy is a float32 ratio
-  assert compared > 10_000 * 28 * 28 * 32
+  assert compared > 2_000 * 28 * 28 * 32

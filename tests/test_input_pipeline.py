@@ -278,6 +278,7 @@ def test_pad_for_eval_masks_the_padding():
   assert images.shape[0] == 8 and mask.tolist() == [1] * 7 + [0]
 
 
+@pytest.mark.slow  # TensorFlow, tfds and a VGG-Small step: about 19 s of CPU
 def test_cifar10_through_tfds_mock_data_trains_a_step(tmp_path):
   """The real tfds `cifar10` code path (tfds.load, splits, decoding) drives a VGG-Small step."""
   tfds = pytest.importorskip("tensorflow_datasets", reason='needs pip install -e ".[tfds]"')

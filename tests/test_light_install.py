@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow", "tensorflow_datasets", "clu")
@@ -49,6 +50,7 @@ def _run(args, tmp_path, log):
   )
 
 
+@pytest.mark.slow  # 4 processes (train, export, infer, summary): about 15 s of CPU
 def test_train_export_infer_summary_without_tensorflow(tmp_path):
   (tmp_path / "site").mkdir()
   (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)

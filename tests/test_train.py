@@ -64,14 +64,15 @@ def test_main_stops_and_resumes_from_the_saved_step(tmp_path):
   assert "final test accuracy" in second.stdout
 
 
-def test_resumed_run_matches_an_uninterrupted_one(tmp_path, test_config):
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, test_config, tiny_run):
   test_config.max_steps = 6
   train.train_and_evaluate(test_config, tmp_path / "a")
   test_config.max_steps = 0
   resumed = train.train_and_evaluate(test_config, tmp_path / "a")
-  straight = train.train_and_evaluate(test_config, tmp_path / "b")
+  config, straight_dir, straight = tiny_run  # the same config, trained straight through
+  assert test_config.to_dict() == config.to_dict()
   assert resumed == straight
-  a, b = logged_losses(tmp_path / "a"), logged_losses(tmp_path / "b")
+  a, b = logged_losses(tmp_path / "a"), logged_losses(straight_dir)
   np.testing.assert_allclose([a[s] for s in range(1, 13)], [b[s] for s in range(1, 13)], rtol=1e-6)
 
 
