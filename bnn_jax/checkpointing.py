@@ -18,7 +18,8 @@ A verified checkpoint of another model (the config changed) raises InputError: i
 it is neither moved nor used.
 
 Failures are one sentence each: orbax's own logging of an exception that bnn_jax reports (and the
-"Event loop is closed" noise of writes cut short) is dropped, see `_quiet_orbax_failures`.
+"Event loop is closed" and asyncio's "exception was never retrieved" noise of writes cut short)
+is dropped, see `_quiet_orbax_failures`.
 """
 
 import errno
@@ -324,6 +325,19 @@ class _OrbaxFailureFilter(std_logging.Filter):
     return not str(record.msg).startswith(self.NOTES)
 
 
+class _OrbaxAsyncioFilter(std_logging.Filter):
+  """Drops asyncio's "exception was never retrieved" for orbax writes that a failed save left
+  behind (logged when the process ends); `Checkpoints` raises the write error itself."""
+
+  def filter(self, record) -> bool:
+    tb = record.exc_info[2] if record.exc_info else None
+    while tb is not None:
+      if "/orbax/" in tb.tb_frame.f_code.co_filename.replace(os.sep, "/"):
+        return False
+      tb = tb.tb_next
+    return True
+
+
 def _unraisable_hook(previous):
   def hook(unraisable):
     # A save cut short by a write error closes orbax's event loop while tensorstore still
@@ -347,5 +361,8 @@ def _quiet_orbax_failures() -> None:
     absl_logger = std_logging.getLogger("absl")
     if not any(isinstance(f, _OrbaxFailureFilter) for f in absl_logger.filters):
       absl_logger.addFilter(_OrbaxFailureFilter())
+    asyncio_logger = std_logging.getLogger("asyncio")
+    if not any(isinstance(f, _OrbaxAsyncioFilter) for f in asyncio_logger.filters):
+      asyncio_logger.addFilter(_OrbaxAsyncioFilter())
     if not getattr(sys.unraisablehook, "bnn_jax_quiet", False):
       sys.unraisablehook = _unraisable_hook(sys.unraisablehook)

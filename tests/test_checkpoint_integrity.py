@@ -5,6 +5,7 @@ training config of configs/test.py is used where the train loop, export or main 
 """
 
 import hashlib
+import logging
 import os
 import pathlib
 import resource
@@ -343,3 +344,27 @@ def test_training_on_a_checkpoint_of_another_width_is_one_sentence(trained, tmp_
   assert snapshot(workdir / "checkpoints") == before
   assert not (workdir / "corrupt_checkpoints").exists()
   assert "Traceback" not in "".join(capfd.readouterr())
+
+
+def test_asyncio_leftovers_of_a_failed_orbax_write_are_dropped_and_others_kept():
+  """At exit asyncio logs "exception was never retrieved" for each write a failed save left
+  behind; that noise (traceback through orbax) is dropped, any other asyncio error is kept."""
+  checkpointing._quiet_orbax_failures()
+  seen = []
+  handler = logging.Handler()
+  handler.emit = seen.append
+  logger = logging.getLogger("asyncio")
+  logger.addHandler(handler)
+
+  def exc_info(filename):
+    try:
+      exec(compile("raise ValueError('OUT_OF_RANGE: Failed writing')", filename, "exec"))
+    except ValueError:
+      return sys.exc_info()
+
+  try:
+    for filename in ("/site-packages/orbax/checkpoint/serialization.py", "/elsewhere/mine.py"):
+      logger.error("_GatheringFuture exception was never retrieved", exc_info=exc_info(filename))
+  finally:
+    logger.removeHandler(handler)
+  assert [r.exc_info[2].tb_next.tb_frame.f_code.co_filename for r in seen] == ["/elsewhere/mine.py"]
