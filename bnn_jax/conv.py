@@ -18,7 +18,16 @@ a `jax.custom_vjp` whose backward pass computes
 The forward pass stays XLA's convolution, bit for bit: shifted products and im2col measured no
 faster, and the deployment tests compare the trained model's forward pass exactly.
 
-Where it applies: only when `jax.default_backend()` is "cpu" at trace time. On GPU and TPU
+Where it applies: only when `jax.default_backend()` is "cpu" at trace time, and only for a
+convolution of at least MATMUL_MIN_MACS multiply-adds (the whole batch as traced). Below that
+XLA's own gradient was as fast or faster. Measured with benchmarks/conv_gradients.py (2-core AMD
+EPYC, 3x3 stride 1, 2026-11-26), forward + both gradients, time with XLA's / with the matrix path:
+  batch 64, VGG-Small (32x32): 128->128 at 32x32 1.29 (9.7 G MACs), 128->256 at 16x16 1.17,
+    256->256 at 16x16 1.16, 256->512 at 8x8 1.06 (4.8 G), 512->512 at 8x8 1.14; 3->128 at
+    32x32 1.04 (0.23 G);
+  batch 64, the quickstart net (width 1/4, 28x28): 0.75 to 0.88 for every layer (0.46 G each);
+  batch 16, VGG-Small: 0.94 to 0.98 for every layer (up to 2.4 G).
+On GPU and TPU
 `conv2d` is exactly `lax.conv_general_dilated` with XLA's own gradient (cuDNN and the TPU
 compiler compute all three at full speed). `conv_general_dilated` has lax's signature, for
 `nnx.Conv(conv_general_dilated=...)`; what the matrix path does not cover (dilation, other
@@ -39,11 +48,15 @@ DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # The kernel gradient builds im2col for this many bytes of images at a time (a divisor of the
 # batch): small enough to stay in a CPU's L2/L3 cache between being written and being read.
 IM2COL_CHUNK_BYTES = 16 * 2**20
+# Smaller convolutions keep XLA's gradient on the CPU too: measured above, the matrix path paid
+# off from 4.8 G multiply-adds a call and lost up to 2.4 G.
+MATMUL_MIN_MACS = 2**32
 
 
-def use_matmul_gradients() -> bool:
-  """True where `conv2d` computes its gradients as matrix products: on the CPU backend."""
-  return jax.default_backend() == "cpu"
+def use_matmul_gradients(macs: int | None = None) -> bool:
+  """True where `conv2d` computes its gradients as matrix products: on the CPU backend, for a
+  convolution of at least MATMUL_MIN_MACS multiply-adds over its batch (any size if None)."""
+  return jax.default_backend() == "cpu" and (macs is None or macs >= MATMUL_MIN_MACS)
 
 
 def conv2d(
@@ -59,14 +72,14 @@ def conv2d(
 
   Same numbers as `lax.conv_general_dilated` with dimension numbers NHWC/HWIO/NHWC and the same
   strides, padding ("SAME", "VALID" or ((top, bottom), (left, right))) and feature groups.
-  matmul_gradients: None picks by backend (`use_matmul_gradients()`); True or False forces the
-  custom backward pass or XLA's (tests use True to check the custom one on any backend).
+  matmul_gradients: None picks by backend and size (`use_matmul_gradients`); True or False
+  forces the custom backward pass or XLA's (tests use True to check the custom one anywhere).
   """
   strides = _pair("strides", strides)
   pads = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
   _check_groups(x.shape[-1], kernel.shape, feature_group_count)
   if matmul_gradients is None:
-    matmul_gradients = use_matmul_gradients()
+    matmul_gradients = use_matmul_gradients(_macs(x.shape, kernel.shape, strides, pads))
   if matmul_gradients:
     return _conv(x, kernel, strides, pads, feature_group_count)
   return _xla_conv(x, kernel, strides, pads, feature_group_count)
@@ -143,6 +156,14 @@ def _check_groups(in_channels: int, kernel_shape, groups: int) -> None:
       f"conv2d feature_group_count {groups} does not fit input channels {in_channels} and "
       f"kernel {tuple(kernel_shape)}: need in = kernel[2] * groups and kernel[3] % groups == 0"
     )
+
+
+def _macs(x_shape, kernel_shape, strides, pads) -> int:
+  """Multiply-adds of the forward convolution: N * Ho * Wo * kh * kw * (Cin/G) * Cout."""
+  out = [
+    (x_shape[1 + i] + sum(pads[i]) - kernel_shape[i]) // strides[i] + 1 for i in range(2)
+  ]
+  return x_shape[0] * out[0] * out[1] * int(np.prod(kernel_shape))
 
 
 def _flat(value) -> tuple:

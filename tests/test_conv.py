@@ -89,13 +89,22 @@ def test_chunk_is_the_largest_divisor_of_the_batch_within_the_budget(monkeypatch
   assert conv._chunk_images(6, 5000) == 1
 
 
-def test_custom_gradient_on_cpu_and_lax_itself_elsewhere(monkeypatch):
-  x, w = _inputs((1, 5, 5, 2), (3, 3, 2, 3))
+def test_custom_gradient_on_cpu_for_large_layers_and_lax_itself_elsewhere(monkeypatch):
+  # Traced only: VGG-Small's 128->128 layer at batch 64 (9.7 G multiply-adds) and at batch 16.
+  shape = lambda batch: jax.ShapeDtypeStruct((batch, 32, 32, 128), jnp.float32)
+  w = jax.ShapeDtypeStruct((3, 3, 128, 128), jnp.float32)
   # A new function per trace: make_jaxpr caches traces by function.
-  text = lambda: str(jax.make_jaxpr(lambda x, w: conv.conv2d(x, w))(x, w))
-  assert jax.default_backend() != "cpu" or "custom_vjp_call" in text()
+  text = lambda x, w: str(jax.make_jaxpr(lambda x, w: conv.conv2d(x, w))(x, w))
+  macs = conv._macs((64, 32, 32, 128), (3, 3, 128, 128), (1, 1), ((1, 1),) * 2)
+  assert macs == 64 * 32 * 32 * 9 * 128 * 128
+  assert macs / 4 < conv.MATMUL_MIN_MACS <= macs
+  if jax.default_backend() == "cpu":
+    assert "custom_vjp_call" in text(shape(64), w) and "custom_vjp_call" not in text(shape(16), w)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert not conv.use_matmul_gradients()
+  assert not conv.use_matmul_gradients() and not conv.use_matmul_gradients(10**12)
+  assert "custom_vjp_call" not in text(shape(64), w)
+  x, w = _inputs((1, 5, 5, 2), (3, 3, 2, 3))
+  text = lambda: str(jax.make_jaxpr(lambda x, w: conv.conv2d(x, w))(x, w))
   assert "custom_vjp_call" not in text()
   assert "custom_vjp_call" not in str(
     jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(x, w, (1, 1), "SAME", None, None, DN))(
@@ -121,7 +130,7 @@ def test_bad_arguments_raise_input_error_naming_them(kwargs):
 
 
 def test_nnx_conv_with_our_conv_general_dilated_matches_lax_forward_and_gradients(monkeypatch):
-  monkeypatch.setattr(conv, "use_matmul_gradients", lambda: True)
+  monkeypatch.setattr(conv, "use_matmul_gradients", lambda *size: True)
   kwargs = dict(strides=2, padding=((1, 1), (1, 1)), feature_group_count=2, use_bias=True)
   ours = nnx.Conv(4, 6, (3, 3), conv_general_dilated=conv.conv_general_dilated, **kwargs,
                   rngs=nnx.Rngs(0))  # fmt: skip
@@ -138,7 +147,7 @@ def test_nnx_conv_with_our_conv_general_dilated_matches_lax_forward_and_gradient
 
 
 def test_conv_general_dilated_passes_what_it_does_not_cover_to_lax(monkeypatch):
-  monkeypatch.setattr(conv, "use_matmul_gradients", lambda: True)
+  monkeypatch.setattr(conv, "use_matmul_gradients", lambda *size: True)
   x, w = _inputs((1, 7, 7, 2), (3, 3, 2, 3))
   dilated = lambda x, w: conv.conv_general_dilated(x, w, (1, 1), "SAME", None, (2, 2), DN)
   assert "custom_vjp_call" not in str(jax.make_jaxpr(dilated)(x, w))
@@ -161,7 +170,7 @@ def test_vgg_small_gradients_equal_with_and_without_matmul_gradients(binary, mon
   labels = jnp.arange(4) % 10
 
   def grads(matmul):
-    monkeypatch.setattr(conv, "use_matmul_gradients", lambda: matmul)
+    monkeypatch.setattr(conv, "use_matmul_gradients", lambda *size: matmul)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(params):
