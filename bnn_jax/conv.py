@@ -160,9 +160,7 @@ def _check_groups(in_channels: int, kernel_shape, groups: int) -> None:
 
 def _macs(x_shape, kernel_shape, strides, pads) -> int:
   """Multiply-adds of the forward convolution: N * Ho * Wo * kh * kw * (Cin/G) * Cout."""
-  out = [
-    (x_shape[1 + i] + sum(pads[i]) - kernel_shape[i]) // strides[i] + 1 for i in range(2)
-  ]
+  out = [(x_shape[1 + i] + sum(pads[i]) - kernel_shape[i]) // strides[i] + 1 for i in range(2)]
   return x_shape[0] * out[0] * out[1] * int(np.prod(kernel_shape))
 
 

@@ -1,4 +1,5 @@
-"""Shared test helpers: configs and paths; a session-wide JAX compilation cache; --cpu-durations.
+"""Shared test helpers: configs and paths; a session-wide JAX compilation cache; --cpu-durations;
+the number of xdist workers (pyproject.toml runs the suite with -n auto).
 
 The compilation cache: every test of a session, and every process a test starts, shares one
 persistent JAX compilation cache in a temporary folder (removed at the end; tests never depend on
@@ -113,6 +114,10 @@ _session_cache_dir: str | None = None
 
 def pytest_configure(config):
   global _session_cache_dir
+  if config.getoption("cpu_durations") is not None and config.getoption("numprocesses", 0):
+    raise pytest.UsageError(
+      "--cpu-durations measures the tests of one process: add -n 0 (no xdist workers)"
+    )
   if config.getoption("no_jax_cache") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return
   if "jax" in sys.modules:  # too late for the environment: a plugin imported JAX first
@@ -121,6 +126,11 @@ def pytest_configure(config):
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _session_cache_dir
   for name, value in _CACHE_ENV.items():
     os.environ.setdefault(name, value)
+
+
+def pytest_xdist_auto_num_workers(config):
+  """-n auto: one worker per core, at most 8 (each worker holds JAX and its compiled programs)."""
+  return min(os.cpu_count() or 1, 8)
 
 
 def pytest_unconfigure(config):

@@ -227,6 +227,7 @@ def assert_one_sentence(result, workdir, os_error):
   assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
 
 
+@pytest.mark.slow  # trains through main in a new process
 def test_main_ends_with_one_sentence_when_the_disk_is_full(tmp_path, monkeypatch):
   # A file size limit (RLIMIT_FSIZE) fails the checkpoint's writes in orbax's background
   # threads with EFBIG, as a full disk fails them with ENOSPC, for root too. 16 KiB lets the

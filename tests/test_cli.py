@@ -381,6 +381,18 @@ def trained(tmp_path_factory):
   return workdir, model, done
 
 
+@pytest.fixture(scope="module")
+def model_file(tiny_run, tmp_path_factory):
+  """The session's run of configs/test.py (conftest.py), exported to a model file."""
+  from bnn_jax.deploy import export
+
+  _, workdir, _ = tiny_run
+  model = tmp_path_factory.mktemp("model") / "model.bnn"
+  export.export(export.program_of_workdir(workdir), model)
+  return model
+
+
+@pytest.mark.slow  # trains through main and exports (module fixture)
 def test_main_logs_one_config_line_and_true_progress(trained):
   workdir, _, done = trained
   log = done.stderr
@@ -425,10 +437,10 @@ def test_infer_report_counts_per_class_and_top_classes():
   assert lines[6] == "most predicted classes of the 2 unlabeled images: 1 dog 2 (100.0%)"
 
 
-def test_infer_prints_a_summary_and_per_image_lines_on_request(trained, tmp_path):
+def test_infer_prints_a_summary_and_per_image_lines_on_request(model_file, tmp_path):
   from bnn_jax.deploy import program as program_file
 
-  _, model, _ = trained
+  model = model_file
   program = program_file.load(model)
   program.metadata["class_names"] = ["cat", "dog", "owl", "yak"]
   named = tmp_path / "named.bnn"
@@ -481,8 +493,8 @@ def test_infer_prints_a_summary_and_per_image_lines_on_request(trained, tmp_path
     (np.array([0, 1, 4]), "label 4 is not one of this model's 4 classes"),
   ],
 )
-def test_infer_checks_labels_as_training_does(trained, tmp_path, labels, message):
-  _, model, _ = trained
+def test_infer_checks_labels_as_training_does(model_file, tmp_path, labels, message):
+  model = model_file
   np.savez(tmp_path / "bad.npz", images=np.zeros((3, 8, 8, 3), np.uint8), labels=labels)
   done = run_program("-m", "bnn_jax.deploy.infer", model, tmp_path / "bad.npz")
   assert_one_sentence(done, message)

@@ -155,6 +155,7 @@ def test_conv_general_dilated_passes_what_it_does_not_cover_to_lax(monkeypatch):
   np.testing.assert_allclose(dilated(x, w), expected, rtol=1e-6)
 
 
+@pytest.mark.slow  # compiles a whole VGG-Small gradient twice
 @pytest.mark.parametrize("binary", [True, False])
 def test_vgg_small_gradients_equal_with_and_without_matmul_gradients(binary, monkeypatch):
   cfg = ml_collections.ConfigDict(

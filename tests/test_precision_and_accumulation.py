@@ -93,6 +93,7 @@ def test_bfloat16_keeps_float32_weights_optimizer_and_batchnorm_statistics(test_
   assert metrics["loss"].dtype == jnp.float32
 
 
+@pytest.mark.slow  # compiles a float32 and a bfloat16 train step, twice
 @pytest.mark.parametrize("binary", [False, True])
 def test_bfloat16_loss_and_gradients_match_float32(test_config, binary):
   """Float: three steps from the same weights on the same batches stay within 1 % (measured
@@ -134,6 +135,7 @@ def _sgd(config, accum):
   return config
 
 
+@pytest.mark.slow  # compiles two train steps: about 15 s of CPU
 def test_accumulated_step_is_the_mean_of_its_microbatch_steps(test_config):
   spec, images, labels = _batch(test_config, 16)
   state, update_accum = _state(_sgd(test_config, 2), spec)
@@ -160,6 +162,7 @@ def test_accumulated_step_is_the_mean_of_its_microbatch_steps(test_config):
   assert int(accumulated["step"]) == 1
 
 
+@pytest.mark.slow  # compiles two train steps
 def test_accumulated_loss_matches_the_single_batch_loss(test_config):
   """Only BatchNorm's per-microbatch statistics differ from one batch of the same examples.
 

@@ -212,6 +212,7 @@ def runs(tmp_path_factory):
   return root
 
 
+@pytest.mark.slow  # trains a teacher and a stage 1 first (the module fixture)
 def test_update_distills_from_the_teachers_eval_mode_logits(runs):
   """One jitted update: its "kd" and "loss" equal the formulas on logits computed here."""
   _, spec, teacher_graphdef, teacher_state = run.restore_state(runs / "teacher")
@@ -250,6 +251,7 @@ def test_update_distills_from_the_teachers_eval_mode_logits(runs):
   assert np.isfinite(float(metrics_again["kd"]))
 
 
+@pytest.mark.slow  # a run through train_and_evaluate with a teacher
 def test_a_run_distills_from_a_teacher_workdir(runs, tmp_path):
   config = _test_config(**{"distill.teacher_workdir": str(runs / "teacher"), "max_steps": 2})
   config.optimizer.scale_l2 = 0.0
@@ -307,6 +309,7 @@ def test_bad_teacher_folders_fail_in_one_sentence_before_the_run_starts(
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # two runs through train_and_evaluate
 def test_stage_two_starts_from_stage_ones_weights_and_then_resumes_on_its_own(runs, tmp_path):
   stage1 = tmp_path / "stage1"
   shutil.copytree(runs / "stage1", stage1)
@@ -341,6 +344,7 @@ def test_stage_two_starts_from_stage_ones_weights_and_then_resumes_on_its_own(ru
   assert int(run.restore_state(tmp_path / "stage2")[3]["step"]) == 2
 
 
+@pytest.mark.slow
 def test_init_copies_batchnorm_statistics_and_sets_alpha_from_the_loaded_kernels():
   """init_from_run on states, without training: every matching variable, BatchNorm included."""
   spec = DataSpec(4, (8, 8, 3), (0.5,) * 3, (0.25,) * 3)

@@ -44,6 +44,7 @@ def test_a_second_run_on_a_locked_workdir_is_refused_and_a_released_lock_is_take
   assert (tmp_path / "checkpoints" / "2").is_dir()
 
 
+@pytest.mark.slow  # trains through main in a new process
 def test_an_infinite_learning_rate_stops_the_run_and_saves_nothing(tmp_path):
   result = run_main(tmp_path, "--config.optimizer.learning_rate=inf", "--config.max_steps=1")
   assert result.returncode == 2, result.stderr[-3000:]

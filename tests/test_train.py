@@ -51,6 +51,7 @@ def checkpoint_steps(workdir):
   )
 
 
+@pytest.mark.slow  # two runs through main in new processes
 def test_main_stops_and_resumes_from_the_saved_step(tmp_path):
   first = run_main(tmp_path, "--config.max_steps=6")
   assert first.returncode == 0, first.stderr[-3000:]
@@ -265,6 +266,7 @@ def test_call_plan_runs_full_calls_and_lands_on_every_boundary():
   assert list(train.call_plan(7, 7, (2,), 4)) == []
 
 
+@pytest.mark.slow  # three short runs
 def test_steps_per_call_repeats_exactly_across_a_resume_and_agrees_with_single_steps(
   tmp_path, test_config, monkeypatch
 ):
