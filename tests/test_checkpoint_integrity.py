@@ -257,6 +257,7 @@ def read_only_wrapper(folder: pathlib.Path) -> tuple[tuple[str, ...], str]:
   return wrap, "Read-only file system (EROFS)"
 
 
+@pytest.mark.slow  # trains through main in a new process
 def test_main_ends_with_one_sentence_when_the_checkpoint_folder_is_read_only(tmp_path):
   (tmp_path / "checkpoints").mkdir()
   wrap, os_error = read_only_wrapper(tmp_path / "checkpoints")
@@ -268,16 +269,11 @@ def test_main_ends_with_one_sentence_when_the_checkpoint_folder_is_read_only(tmp
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A workdir of the tiny training config with checkpoints of steps 4 and 8."""
-  from bnn_jax import train
-  from configs import test
-
-  workdir = tmp_path_factory.mktemp("trained")
-  config = test.get_config()
-  config.max_steps = 8
-  train.train_and_evaluate(config, workdir)
-  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "8"]
+def trained(tiny_run):
+  """The session's run of configs/test.py (conftest.py), checkpoints of steps 4, 8 and 12; tests
+  damage copies of it."""
+  workdir = tiny_run[1]
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4, 8, 12]
   return workdir
 
 
@@ -292,7 +288,7 @@ def test_export_reads_the_checkpoint_before_a_damaged_one_and_changes_nothing(tr
   from bnn_jax.deploy import export
 
   workdir = copy_of(trained, tmp_path)
-  flip(data_files(workdir / "checkpoints" / "8")[0], 0.5)
+  flip(data_files(workdir / "checkpoints" / "12")[0], 0.5)
   before = snapshot(workdir)
   _, _, model = run.restore_model(workdir)
   assert export.program_of_model(*run.load_run(workdir), model).ops
@@ -303,7 +299,7 @@ def test_export_of_a_run_without_a_readable_checkpoint_exits_2_and_changes_nothi
   trained, tmp_path
 ):
   workdir = copy_of(trained, tmp_path)
-  for step in (4, 8):
+  for step in (4, 8, 12):
     flip(data_files(workdir / "checkpoints" / str(step))[0], 0.5)
   before = snapshot(workdir)
   result = subprocess.run(
@@ -322,7 +318,7 @@ def test_export_of_a_run_without_a_readable_checkpoint_exits_2_and_changes_nothi
   )
   assert result.returncode == 2, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"error: workdir {workdir} has no usable checkpoint (step 8: its file ")
+  assert last.startswith(f"error: workdir {workdir} has no usable checkpoint (step 12: its file ")
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "model.bnn").exists()
   assert snapshot(workdir) == before
@@ -339,7 +335,7 @@ def test_training_on_a_checkpoint_of_another_width_is_one_sentence(trained, tmp_
   config.model.width = 0.125
   with pytest.raises(
     InputError,
-    match=r"checkpoint of step 8 in .* holds another model: \S+ has shape \(8,\) there and \(16,\)",
+    match=r"checkpoint of step 12 in .* holds another model: \S+ has shape \(8,\) there and \(16,\)",
   ):
     train.train_and_evaluate(config, workdir)
   assert snapshot(workdir / "checkpoints") == before

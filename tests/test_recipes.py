@@ -286,23 +286,23 @@ def _junk_run(folder):
 @pytest.mark.parametrize(
   "prepare,message",
   [
-    (lambda runs, d: d / "absent", "is not a folder; train that run first"),
+    (lambda run, d: d / "absent", "is not a folder; train that run first"),
     (
-      lambda runs, d: _copy_run(runs / "teacher", d / "other", **{"data.fake_num_classes": 5}),
+      lambda run, d: _copy_run(run, d / "other", **{"data.fake_num_classes": 5}),
       r"holds a run on other data \(data.fake_num_classes: 5 there, 4 here\)",
     ),
     (
-      lambda runs, d: _copy_run(runs / "teacher", d / "cut", num_epochs=2.0),
-      r"holds an unfinished run \(step 4 of 8\); finish it first",
+      lambda run, d: _copy_run(run, d / "cut", num_epochs=6.0),
+      r"holds an unfinished run \(step 12 of 24\); finish it first",
     ),
-    (lambda runs, d: _junk_run(d / "junk"), "is not a readable bnn_jax workdir"),
+    (lambda run, d: _junk_run(d / "junk"), "is not a readable bnn_jax workdir"),
   ],
   ids=["missing", "other_data", "unfinished", "unreadable"],
 )
 def test_bad_teacher_folders_fail_in_one_sentence_before_the_run_starts(
-  runs, tmp_path, prepare, message
+  tiny_run, tmp_path, prepare, message
 ):
-  folder = prepare(runs, tmp_path)
+  folder = prepare(tiny_run[1], tmp_path)  # a finished run of configs/test.py, copied
   config = _test_config(**{"distill.teacher_workdir": str(folder)})
   with pytest.raises(InputError, match=rf"config.distill.teacher_workdir = '.*' {message}"):
     train.train_and_evaluate(config, tmp_path / "run")
