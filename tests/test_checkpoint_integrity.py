@@ -335,7 +335,7 @@ def test_training_on_a_checkpoint_of_another_width_is_one_sentence(trained, tmp_
   config.model.width = 0.125
   with pytest.raises(
     InputError,
-    match=r"checkpoint of step 12 in .* holds another model: \S+ has shape \(8,\) there and \(16,\)",
+    match=r"checkpoint of step 12 in .* another model: \S+ has shape \(8,\) there and \(16,\)",
   ):
     train.train_and_evaluate(config, workdir)
   assert snapshot(workdir / "checkpoints") == before

@@ -197,9 +197,13 @@ def test_popcount_conv_equals_an_integer_convolution(strides, padding):
   [
     {},
     {"negative": True},
-    {"activation_mode": "sign", "negative": True},
-    {"final_activation": "binary"},
-    {"weight_scale": "mean_abs", "activation_scale": "none", "weight_scale_per": "layer"},
+    # The variants below: about 10 s of CPU each (model creation, 20 passes, the engine).
+    pytest.param({"activation_mode": "sign", "negative": True}, marks=pytest.mark.slow),
+    pytest.param({"final_activation": "binary"}, marks=pytest.mark.slow),
+    pytest.param(
+      {"weight_scale": "mean_abs", "activation_scale": "none", "weight_scale_per": "layer"},
+      marks=pytest.mark.slow,
+    ),
   ],
   ids=["default", "negative_scales", "sign_mode", "binary_final", "fixed_scales"],
 )
@@ -224,7 +228,10 @@ def small(config, name, image_shape, **options):
 
 @pytest.mark.parametrize(
   "settings",
-  [{}, {"activation_mode": "sign", "final_activation": "binary"}],
+  [
+    {},
+    pytest.param({"activation_mode": "sign", "final_activation": "binary"}, marks=pytest.mark.slow),
+  ],
   ids=["default", "sign_mode_binary_final"],
 )
 def test_alexnet_engine_is_bit_exact_with_the_training_graph(test_config, settings):
@@ -238,8 +245,11 @@ def test_alexnet_engine_is_bit_exact_with_the_training_graph(test_config, settin
   "settings",
   [
     {},
-    {"shortcut": "bireal", "downsample": "binary"},
-    {"activation_mode": "sign", "downsample": "binary", "final_activation": "binary"},
+    pytest.param({"shortcut": "bireal", "downsample": "binary"}, marks=pytest.mark.slow),
+    pytest.param(
+      {"activation_mode": "sign", "downsample": "binary", "final_activation": "binary"},
+      marks=pytest.mark.slow,
+    ),
   ],
   ids=["default", "bireal_binary_downsample", "sign_mode"],
 )

@@ -95,6 +95,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(tmp_path, test_config,
   assert result["count"] == 40 and checkpoint_steps(tmp_path)[-1] == 12
 
 
+@pytest.mark.slow  # a run of 8 steps with checkpoints
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
   tmp_path, test_config
 ):
