@@ -3,9 +3,16 @@
   python benchmarks/train_speed.py --config=configs/vgg_small.py --batch_size=32 --steps=5
 
 Times the jitted, donated train step of bnn_jax.train (forward, backward, optax chain) on random
-data already on the device, after one warm-up step that compiles. Prints the machine, the
+data already on the device, after one warm-up step that compiles. The images have the shape and
+class count of the config's dataset (32x32x3 and 10 classes where the config leaves it open, as
+for npz or fake data; 224x224x3 and 1000 classes for ImageNet). Prints the machine, the
 settings and the median over --repeats timings of --steps steps each. Both variants are measured
 in the same process, one after the other, so their ratio is the figure to compare.
+--epoch_images=N adds the time one epoch of N images would take at that rate (1281167: ImageNet's
+training set), step time only: no input pipeline, evaluation or checkpoints.
+
+  python benchmarks/train_speed.py --config=configs/resnet18_imagenet.py \
+    --config.compute_dtype=bfloat16 --batch_size=256 --epoch_images=1281167
 """
 
 import os
@@ -26,6 +33,15 @@ flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_integer("steps", 5, "Steps per timing.")
 flags.DEFINE_integer("repeats", 3, "Timings; the median is reported.")
 flags.DEFINE_list("variants", ["binary", "float"], "Which of binary, float to measure.")
+flags.DEFINE_integer("epoch_images", 0, "Also print the time of an epoch of this many images.")
+
+
+def data_shape(config) -> tuple[tuple[int, int, int], int]:
+  """(image shape, classes) of the config's dataset; 32x32x3 and 10 where it leaves them open."""
+  from bnn_jax.data import DATASETS, DatasetInfo
+
+  info = DATASETS.get(config.data.name, DatasetInfo(None, None))
+  return info.image_shape or (32, 32, 3), info.num_classes or 10
 
 
 def prepare(config, variant: str, batch_size: int):
@@ -42,14 +58,16 @@ def prepare(config, variant: str, batch_size: int):
 
   config = config.copy_and_resolve_references()
   config.model.binary = variant == "binary"
-  spec = DataSpec(10, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
+  image_shape, classes = data_shape(config)
+  channels = image_shape[-1]
+  spec = DataSpec(classes, image_shape, (0.5,) * channels, (0.25,) * channels)
   mesh = run.make_mesh()
   tx, schedule = optim.make(config, steps_per_epoch=1000)
   graphdef, state = run.init_state(config, spec, tx, mesh)
   step = jax.jit(train.make_update(graphdef, tx, schedule, config, spec), donate_argnums=0)
   rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8))
-  labels = jnp.asarray(rng.integers(0, 10, batch_size).astype(np.int32))
+  images = jnp.asarray(rng.integers(0, 256, (batch_size, *image_shape), dtype=np.uint8))
+  labels = jnp.asarray(rng.integers(0, classes, batch_size).astype(np.int32))
   state, metrics = step(state, images, labels)  # compile
   jax.block_until_ready(metrics)
   holder = [state]  # the step donates its state: keep only the newest
@@ -74,14 +92,20 @@ def main(argv):
   del argv
   config = FLAGS.config
   print(f"machine: {machine.describe()}")
+  image_shape, classes = data_shape(config)
   print(
     f"model {config.model.name} width {config.model.width}, batch {FLAGS.batch_size}, "
+    f"images {'x'.join(map(str, image_shape))} of {classes} classes, "
     f"{FLAGS.steps} steps x {FLAGS.repeats} timings, compute {config.compute_dtype}"
   )
   rates = {}
   for variant in FLAGS.variants:
     rates[variant] = measure(config, variant)
-    print(f"{variant:>6}: {rates[variant]:8.1f} images/s (median)", flush=True)
+    epoch = ""
+    if FLAGS.epoch_images:
+      minutes = FLAGS.epoch_images / rates[variant] / 60
+      epoch = f"; an epoch of {FLAGS.epoch_images} images: {minutes:.1f} min of steps"
+    print(f"{variant:>6}: {rates[variant]:8.1f} images/s (median){epoch}", flush=True)
   if len(rates) == 2:
     print(f"binary / float: {rates['binary'] / rates['float']:.2f}")
 

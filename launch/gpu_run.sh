@@ -18,12 +18,17 @@
 # from their checkpoints in $WORK if the next call finds the machine still warm, else start
 # again). Runs whose (name, seed) is a row of $SKIP_CSV (the committed results) are skipped.
 # Written to $OUT: gpu_runs.csv (one row per finished run), gpu_epochs.csv (test accuracy at
-# every evaluation of every run so far), gpu_run.log, and end_to_end.txt with BENCH=1.
+# every evaluation of every run so far), gpu_run.log, end_to_end.txt with BENCH=1, and
+# imagenet_steps.txt with IMAGENET_BENCH=1 (AlexNet and ResNet-18, binary and float, bfloat16,
+# batch $IMAGENET_BATCH, synthetic images on the device: images/s and the minutes of steps one
+# ImageNet epoch takes; inside the budget, before the runs).
 #
 # Environment (defaults): OUT (./gpu_out), BUDGET_S (540, at most 540), PARALLEL (2),
 # MIN_START_S (60), PYTHON (python3), WORK (gpu_work), DATA_JPEG (data_cache/cifar10-jpeg),
 # DATA (data_cache/cifar10_jpeg_q75), SKIP_CSV (docs/results/gpu_runs.csv), RUN_FLAGS (flags for
-# every run, below), BENCH (0; 1: benchmarks/end_to_end.py first, inside the budget).
+# every run, below), BENCH (0; 1: benchmarks/end_to_end.py first, inside the budget),
+# IMAGENET_BENCH (0), IMAGENET_BATCH (256), IMAGENET_CONFIGS (alexnet_imagenet resnet18_imagenet),
+# IMAGENET_FLAGS (more flags for benchmarks/train_speed.py, after the others; tests shrink it).
 # The data is a JPEG q75 copy of CIFAR-10: a stand-in, never a CIFAR-10 result.
 set -euo pipefail
 start_s=$(date +%s)
@@ -63,6 +68,10 @@ DATA_JPEG=${DATA_JPEG:-data_cache/cifar10-jpeg}
 DATA=${DATA:-data_cache/cifar10_jpeg_q75}
 SKIP_CSV=${SKIP_CSV:-docs/results/gpu_runs.csv}
 BENCH=${BENCH:-0}
+IMAGENET_BENCH=${IMAGENET_BENCH:-0}
+IMAGENET_BATCH=${IMAGENET_BATCH:-256}
+IMAGENET_CONFIGS=${IMAGENET_CONFIGS:-alexnet_imagenet resnet18_imagenet}
+IMAGENET_FLAGS=${IMAGENET_FLAGS:-}
 # 10 steps a call; a checkpoint every 10 epochs of 390 steps (a stopped run loses at most that);
 # a test evaluation every 2 epochs (each costs about as much as a few hundred train steps).
 RUN_FLAGS=${RUN_FLAGS:---config.steps_per_call=10 --config.checkpoint_every_steps=3900 --config.eval_every_epochs=2}
@@ -107,6 +116,18 @@ if [[ "$BENCH" == 1 ]]; then
   "$PYTHON" benchmarks/end_to_end.py --config=configs/vgg_small.py --batch_size=128 \
     --variants=binary --steps_per_call=1,10 --runs_at_once=1,2,4 2>"$OUT/end_to_end.err" \
     | tee "$OUT/end_to_end.txt" || echo "warning: the benchmark failed; see end_to_end.err"
+fi
+
+# --- optional: the ImageNet networks' train step, bfloat16, synthetic input on the device
+if [[ "$IMAGENET_BENCH" == 1 ]]; then
+  for config in $IMAGENET_CONFIGS; do
+    # shellcheck disable=SC2086
+    "$PYTHON" benchmarks/train_speed.py --config="configs/$config.py" \
+      --config.compute_dtype=bfloat16 --batch_size="$IMAGENET_BATCH" --steps=5 --repeats=3 \
+      --epoch_images=1281167 $IMAGENET_FLAGS 2>>"$OUT/imagenet_steps.err" \
+      | tee -a "$OUT/imagenet_steps.txt" \
+      || echo "warning: the ImageNet step benchmark of $config failed; see imagenet_steps.err"
+  done
 fi
 
 # --- the runs, in what is left of the budget (15 s kept to stop them and write the CSVs)

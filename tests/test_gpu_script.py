@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -169,7 +170,7 @@ def test_result_row_reads_the_runs_metrics(tmp_path):
 # ----------------------------------------------------------------------------- the GPU script
 
 
-def gpu_run(tmp_path, runs: str, out: str, budget_s: int):
+def gpu_run(tmp_path, runs: str, out: str, budget_s: int, **more_env):
   """Runs launch/gpu_run.sh on CPU with tiny runs; returns (process, seconds, log text)."""
   (tmp_path / "runs.csv").write_text("name,config,overrides,seeds,epochs\n" + runs)
   env = dict(
@@ -185,6 +186,7 @@ def gpu_run(tmp_path, runs: str, out: str, budget_s: int):
     PARALLEL="2",
     RUN_FLAGS="--config.steps_per_call=10 --config.eval_every_epochs=1",
     JAX_PLATFORMS="cpu",
+    **more_env,
   )
   start = time.time()
   out_process = subprocess.run(
@@ -206,8 +208,21 @@ def csv_rows(path: pathlib.Path) -> list[dict]:
 def test_gpu_script_runs_two_at_once_skips_finished_runs_and_stops_in_its_budget(tmp_path):
   jpeg_pair(tmp_path / "jpeg")
   tiny = "run_a,configs/test.py,,0,2\nrun_b,configs/test.py,model.width=0.125,0,2\n"
-  first, _, log = gpu_run(tmp_path, tiny, "out1", budget_s=500)
+  imagenet = dict(  # the ImageNet step benchmark, shrunk: AlexNet at width 1/16, batch 2, 1 step
+    IMAGENET_BENCH="1",
+    IMAGENET_CONFIGS="alexnet_imagenet",
+    IMAGENET_BATCH="2",
+    IMAGENET_FLAGS="--config.model.width=0.0625 --steps=1 --repeats=1",
+  )
+  first, _, log = gpu_run(tmp_path, tiny, "out1", budget_s=500, **imagenet)
   assert first.returncode == 0, log[-3000:]
+  steps = (tmp_path / "out1" / "imagenet_steps.txt").read_text()
+  assert "model alexnet width 0.0625, batch 2, images 224x224x3 of 1000 classes" in steps
+  assert "compute bfloat16" in steps
+  for variant in ("binary", "float"):
+    assert re.search(
+      rf"{variant}: +[\d.]+ images/s \(median\); an epoch of 1281167 images: ", steps
+    )
   with np.load(tmp_path / "decoded" / "train.npz") as z:
     assert z["images"].shape == (64, 8, 8, 3)
   rows = csv_rows(tmp_path / "out1" / "gpu_runs.csv")
