@@ -5,8 +5,8 @@ matrix product, but the kernel gradient (a "convolution" whose window is the who
 four times slower at batch 64. `conv2d` is `lax.conv_general_dilated` (NHWC input, HWIO kernel,
 NHWC output) with a `jax.custom_vjp` whose backward pass computes
 
-* the kernel gradient of 3x3 stride-1 float32 convs (every binary conv of VGG-Small and
-  ResNet-18's stride-1 blocks) by Winograd F(4x4, 3x3): 36 matrix products
+* the kernel gradient of 3x3 stride-1 float32 convs on images of 8x8 and more (every binary
+  conv of VGG-Small on CIFAR-10) by Winograd F(4x4, 3x3): 36 matrix products
   [Cin, tiles] [tiles, Cout] of transformed input and output-gradient tiles, 4x fewer
   multiplications than im2col, error about 1e-6 of the largest entry;
 * every other kernel gradient as G^T [Cout, N*Ho*Wo] cols [N*Ho*Wo, kh*kw*Cin], where cols
@@ -21,9 +21,9 @@ NHWC output) with a `jax.custom_vjp` whose backward pass computes
   kernels col2im measured no faster than XLA, for stride 1 XLA is as fast as the forward pass.
 
 The forward pass stays XLA's convolution, bit for bit: shifted products and im2col measured no
-faster, and the deployment tests compare the trained model's forward pass exactly. (Winograd
-forward measured 1.2-1.4x faster on 16x16 and 32x32 images but is not bit-exact; Winograd input
-gradients measured slower than XLA's.)
+faster, and the deployment tests compare the trained model's forward pass exactly. (A Winograd
+F(2x2, 3x3) forward pass measured 1.2-1.4x faster on 16x16 and 32x32 images but is not
+bit-exact; Winograd input gradients measured slower than XLA's.)
 
 Where it applies: only when `jax.default_backend()` is "cpu" at trace time. On GPU and TPU
 `conv2d` is exactly `lax.conv_general_dilated` with XLA's own gradient (cuDNN and the TPU
@@ -271,21 +271,26 @@ def _sum_over_chunks(fn, x, g, chunk, zero):
   return total
 
 
-def _uses_winograd(kernel_shape, strides, groups, dtype) -> bool:
-  """Whether the kernel gradient goes by Winograd (float32 only: the transforms' 1/6 and 1/24
-  would round in bfloat16)."""
+def _uses_winograd(kernel_shape, strides, groups, dtype, out_hw) -> bool:
+  """Whether the kernel gradient goes by Winograd: float32 only (the transforms' 1/6 and 1/24
+  would round in bfloat16), outputs of at least 8x8 that whole 4x4 tiles cover with at most a
+  third more pixels (measured: 13x13, padded to 16x16, no faster than im2col; 7x7 slower)."""
+  (ho, wo), tile = out_hw, _TILE
+  padded = (-(-ho // tile) * tile) * (-(-wo // tile) * tile)
   return (
     tuple(kernel_shape[:2]) == (3, 3)
     and strides == (1, 1)
     and groups == 1
     and dtype == jnp.float32
     and kernel_shape[2] >= WINOGRAD_MIN_CHANNELS
+    and min(ho, wo) >= 8
+    and 3 * padded <= 4 * ho * wo
   )
 
 
 def _kernel_grad(x, g, kernel_shape, strides, pads, groups):
   """dL/dkernel [kh, kw, Cin/G, Cout]: Winograd for 3x3 stride-1 float32, im2col otherwise."""
-  if _uses_winograd(kernel_shape, strides, groups, x.dtype):
+  if _uses_winograd(kernel_shape, strides, groups, x.dtype, g.shape[1:3]):
     return _kernel_grad_winograd(x, g, pads)
   return _kernel_grad_im2col(x, g, kernel_shape, strides, pads, groups)
 

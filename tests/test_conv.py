@@ -19,8 +19,8 @@ LAYERS = {
   "vgg_3x3": ((2, 8, 8, 4), (3, 3, 4, 6), 1, "SAME", 1),
   "vgg_conv0_rgb": ((2, 8, 8, 3), (3, 3, 3, 5), 1, "SAME", 1),
   # 16 input channels: the kernel gradient by Winograd (sizes not a multiple of its 4x4 tiles)
-  "vgg_3x3_winograd": ((2, 9, 9, 16), (3, 3, 16, 4), 1, "SAME", 1),
-  "resnet_3x3_s1_winograd": ((3, 6, 7, 16), (3, 3, 16, 4), 1, ((1, 1), (1, 1)), 1),
+  "vgg_3x3_winograd": ((2, 8, 11, 16), (3, 3, 16, 4), 1, "SAME", 1),
+  "resnet_3x3_s1_winograd": ((3, 9, 8, 16), (3, 3, 16, 4), 1, ((1, 1), (1, 1)), 1),
   "alexnet_conv1_11x11_s4": ((2, 27, 27, 3), (11, 11, 3, 5), 4, ((2, 2), (2, 2)), 1),
   "alexnet_5x5": ((2, 7, 7, 4), (5, 5, 4, 6), 1, "SAME", 1),
   "alexnet_3x3": ((2, 5, 5, 6), (3, 3, 6, 4), 1, "SAME", 1),
@@ -85,15 +85,20 @@ def test_bfloat16_inputs_give_bfloat16_gradients_close_to_lax(name):
   _check_layer(name, dtype=jnp.bfloat16, rtol=5e-2, atol=0.25)
 
 
-def test_winograd_only_for_wide_3x3_stride_1_float32_kernels():
-  wide, f32 = (3, 3, 16, 4), jnp.float32
-  assert conv._uses_winograd(wide, (1, 1), 1, f32)
-  assert conv._uses_winograd(LAYERS["vgg_3x3_winograd"][1], (1, 1), 1, f32)
-  assert not conv._uses_winograd((3, 3, 3, 4), (1, 1), 1, f32)  # RGB stem: im2col
-  assert not conv._uses_winograd(wide, (2, 2), 1, f32)
-  assert not conv._uses_winograd((3, 3, 8, 4), (1, 1), 2, f32)
-  assert not conv._uses_winograd(wide, (1, 1), 1, jnp.bfloat16)
-  assert not conv._uses_winograd((5, 5, 16, 4), (1, 1), 1, f32)
+def test_winograd_only_for_wide_3x3_stride_1_float32_kernels_on_8x8_and_more():
+  wide, f32, hw = (3, 3, 16, 4), jnp.float32, (8, 8)
+  assert conv._uses_winograd(wide, (1, 1), 1, f32, hw)
+  for name in ("vgg_3x3_winograd", "resnet_3x3_s1_winograd"):  # so those tests check Winograd
+    (_, h, w, _), kernel_shape, _, padding, _ = LAYERS[name]
+    out_hw = (h + sum(padding[0]) - 2, w + sum(padding[1]) - 2) if padding != "SAME" else (h, w)
+    assert conv._uses_winograd(kernel_shape, (1, 1), 1, f32, out_hw)
+  assert not conv._uses_winograd((3, 3, 3, 4), (1, 1), 1, f32, hw)  # RGB stem: im2col
+  assert not conv._uses_winograd(wide, (2, 2), 1, f32, hw)
+  assert not conv._uses_winograd((3, 3, 8, 4), (1, 1), 2, f32, hw)
+  assert not conv._uses_winograd(wide, (1, 1), 1, jnp.bfloat16, hw)
+  assert not conv._uses_winograd((5, 5, 16, 4), (1, 1), 1, f32, hw)
+  assert not conv._uses_winograd(wide, (1, 1), 1, f32, (7, 7))  # too few tiles
+  assert not conv._uses_winograd(wide, (1, 1), 1, f32, (13, 13))  # 16x16 tiles: 51 % more
 
 
 def test_winograd_and_im2col_kernel_gradients_agree():
