@@ -1,22 +1,29 @@
 """2-D convolution whose gradients run as matrix products on the CPU backend.
 
 XLA:CPU computes a convolution's forward pass and its input gradient at about the speed of a
-matrix product, but the kernel gradient (a "convolution" whose window is the whole image) several
-times slower. `conv2d` is `lax.conv_general_dilated` (NHWC input, HWIO kernel, NHWC output) with
-a `jax.custom_vjp` whose backward pass computes
+matrix product, but the kernel gradient (a "convolution" whose window is the whole image) two to
+four times slower at batch 64. `conv2d` is `lax.conv_general_dilated` (NHWC input, HWIO kernel,
+NHWC output) with a `jax.custom_vjp` whose backward pass computes
 
-* the kernel gradient as matrix products G^T [Cout, N*Ho*Wo] cols [N*Ho*Wo, kh*kw*Cin], where
-  cols (im2col) holds the input each kernel tap sees at each output pixel; built and multiplied
-  a few images at a time (IM2COL_CHUNK_BYTES) so that cols is still in cache when read. This
-  measured faster than one product per tap (thin, and each tap's input copied out first) and
-  than one im2col of the whole batch (hundreds of MB written and read back);
+* the kernel gradient of 3x3 stride-1 float32 convs on images of 8x8 and more (every binary
+  conv of VGG-Small on CIFAR-10) by Winograd F(4x4, 3x3): 36 matrix products
+  [Cin, tiles] [tiles, Cout] of transformed input and output-gradient tiles, 4x fewer
+  multiplications than im2col, error about 1e-6 of the largest entry;
+* every other kernel gradient as G^T [Cout, N*Ho*Wo] cols [N*Ho*Wo, kh*kw*Cin], where cols
+  (im2col) holds the input each kernel tap sees at each output pixel. This measured faster than
+  one product per tap (thin, and each tap's input copied out first);
+* both a few images at a time (CHUNK_BYTES), so that the transformed tiles or cols are still in
+  cache when the product reads them (one im2col of the whole batch writes and rereads hundreds
+  of MB), summed over the chunks with lax.scan;
 * the input gradient with XLA's own transposed convolution, except for 1x1 kernels with a
   stride (ResNet's downsample): there G W^T [N*Ho*Wo, Cin] placed at the strided positions
   (col2im), which measured faster than XLA's input-dilated convolution. For larger strided
   kernels col2im measured no faster than XLA, for stride 1 XLA is as fast as the forward pass.
 
 The forward pass stays XLA's convolution, bit for bit: shifted products and im2col measured no
-faster, and the deployment tests compare the trained model's forward pass exactly.
+faster, and the deployment tests compare the trained model's forward pass exactly. (A Winograd
+F(2x2, 3x3) forward pass measured 1.2-1.4x faster on 16x16 and 32x32 images but is not
+bit-exact; Winograd input gradients measured slower than XLA's.)
 
 Where it applies: only when `jax.default_backend()` is "cpu" at trace time, and only for a
 convolution of at least MATMUL_MIN_MACS multiply-adds (the whole batch as traced). Below that
@@ -45,9 +52,41 @@ from jax import lax
 from bnn_jax.errors import InputError
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-# The kernel gradient builds im2col for this many bytes of images at a time (a divisor of the
-# batch): small enough to stay in a CPU's L2/L3 cache between being written and being read.
-IM2COL_CHUNK_BYTES = 16 * 2**20
+# The kernel gradient transforms (im2col, Winograd tiles) this many bytes of images at a time (a
+# divisor of the batch): small enough to stay in a CPU's L2/L3 cache from written to read.
+CHUNK_BYTES = 16 * 2**20
+# 3x3 stride-1 float32 kernels with at least this many input channels per group take Winograd
+# for their kernel gradient; thinner ones (3-channel stems) measured faster with im2col.
+WINOGRAD_MIN_CHANNELS = 16
+
+# Winograd F(4x4, 3x3) (Lavin & Gray 2016, interpolation points 0, +-1, +-2, infinity): a 4x4
+# output tile Y = A^T [(G w G^T) * (B^T d B)] A from a 6x6 input tile d, 36 products for 144.
+_BT = np.array(
+  [
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+  ],
+  np.float32,
+)
+_G = np.array(
+  [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+  ],
+  np.float32,
+)
+_AT = np.array(
+  [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float32
+)
+_TILE = 4  # output tile side; input tiles are _TILE + 2 = 6 wide and overlap by 2
 # Smaller convolutions keep XLA's gradient on the CPU too: measured above, the matrix path paid
 # off from 4.8 G multiply-adds a call and lost up to 2.4 G.
 MATMUL_MIN_MACS = 2**32
@@ -225,17 +264,48 @@ def _im2col(x, window, strides, pads, out_hw):
 
 
 def _chunk_images(n: int, bytes_per_image: int) -> int:
-  """The largest divisor of n whose images' im2col fits IM2COL_CHUNK_BYTES (at least 1)."""
-  fit = max(1, IM2COL_CHUNK_BYTES // max(1, bytes_per_image))
+  """The largest divisor of n whose images' transforms fit CHUNK_BYTES (at least 1)."""
+  fit = max(1, CHUNK_BYTES // max(1, bytes_per_image))
   return max(d for d in range(1, n + 1) if n % d == 0 and d <= fit)
 
 
-def _kernel_grad(x, g, kernel_shape, strides, pads, groups):
-  """dL/dkernel [kh, kw, Cin/G, Cout] = im2col(x)^T G, summed over chunks of images.
+def _sum_over_chunks(fn, x, g, chunk, zero):
+  """sum of fn(x[c], g[c]) over chunks c of `chunk` images, in order (lax.scan)."""
+  n = x.shape[0]
+  if chunk == n:
+    return fn(x, g)
+  xs = x.reshape(n // chunk, chunk, *x.shape[1:])
+  gs = g.reshape(n // chunk, chunk, *g.shape[1:])
+  total, _ = lax.scan(lambda acc, xg: (acc + fn(*xg), None), zero, (xs, gs))
+  return total
 
-  One product G^T [Cout, M] cols [M, kh*kw*Cin] per chunk: wide enough for the matrix kernels,
-  and the chunk's im2col (IM2COL_CHUNK_BYTES) is still in cache when the product reads it.
-  """
+
+def _uses_winograd(kernel_shape, strides, groups, dtype, out_hw) -> bool:
+  """Whether the kernel gradient goes by Winograd: float32 only (the transforms' 1/6 and 1/24
+  would round in bfloat16), outputs of at least 8x8 that whole 4x4 tiles cover with at most a
+  third more pixels (measured: 13x13, padded to 16x16, no faster than im2col; 7x7 slower)."""
+  (ho, wo), tile = out_hw, _TILE
+  padded = (-(-ho // tile) * tile) * (-(-wo // tile) * tile)
+  return (
+    tuple(kernel_shape[:2]) == (3, 3)
+    and strides == (1, 1)
+    and groups == 1
+    and dtype == jnp.float32
+    and kernel_shape[2] >= WINOGRAD_MIN_CHANNELS
+    and min(ho, wo) >= 8
+    and 3 * padded <= 4 * ho * wo
+  )
+
+
+def _kernel_grad(x, g, kernel_shape, strides, pads, groups):
+  """dL/dkernel [kh, kw, Cin/G, Cout]: Winograd for 3x3 stride-1 float32, im2col otherwise."""
+  if _uses_winograd(kernel_shape, strides, groups, x.dtype, g.shape[1:3]):
+    return _kernel_grad_winograd(x, g, pads)
+  return _kernel_grad_im2col(x, g, kernel_shape, strides, pads, groups)
+
+
+def _kernel_grad_im2col(x, g, kernel_shape, strides, pads, groups):
+  """dL/dkernel = im2col(x)^T G, one product G^T [Cout, M] cols [M, kh*kw*Cin] per chunk."""
   kh, kw, cg, cout = kernel_shape
   n, ho, wo, _ = g.shape
   og = cout // groups
@@ -252,14 +322,67 @@ def _kernel_grad(x, g, kernel_shape, strides, pads, groups):
     dims = (pixels[0], ((1,), (2,)))  # contract pixels, batch over groups
     return lax.dot_general(gm, cols, dims, preferred_element_type=jnp.float32)
 
-  if chunk == n:
-    dw = chunk_grad(x, g)
-  else:
-    xs = x.reshape(n // chunk, chunk, *x.shape[1:])
-    gs = g.reshape(n // chunk, chunk, *g.shape[1:])
-    zero = jnp.zeros((groups, og, kh * kw, cg), jnp.float32)
-    dw, _ = lax.scan(lambda acc, xg: (acc + chunk_grad(*xg), None), zero, (xs, gs))
+  zero = jnp.zeros((groups, og, kh * kw, cg), jnp.float32)
+  dw = _sum_over_chunks(chunk_grad, x, g, chunk, zero)
   return dw.transpose(2, 3, 0, 1).reshape(kernel_shape)
+
+
+def _combine(coefficients, terms):
+  """sum_k coefficients[k] * terms[k], skipping zero coefficients and multiplying by +-1 free."""
+  total = None
+  for c, t in zip(coefficients.tolist(), terms):
+    if c == 0:
+      continue
+    t = t if c == 1 else -t if c == -1 else c * t
+    total = t if total is None else total + t
+  return total
+
+
+def _winograd_input_tiles(xp, tiles):
+  """B^T d B of every 6x6 tile d (stride 4) of xp [n, 4*th + 2, 4*tw + 2, C] -> [36, n*th*tw, C]."""
+  (th, tw), a, c = tiles, _TILE + 2, xp.shape[3]
+  d = [[xp[:, u : u + _TILE * th : _TILE, v : v + _TILE * tw : _TILE] for v in range(a)]
+       for u in range(a)]  # fmt: skip
+  rows = [[_combine(_BT[p], [d[u][v] for u in range(a)]) for v in range(a)] for p in range(a)]
+  out = [_combine(_BT[q], rows[p]) for p in range(a) for q in range(a)]
+  return jnp.stack(out).reshape(a * a, -1, c)
+
+
+def _winograd_output_grad_tiles(gp):
+  """A dY A^T of every 4x4 tile dY of gp [n, 4*th, 4*tw, Cout] -> [36, n*th*tw, Cout]."""
+  a, c = _TILE + 2, gp.shape[3]
+  y = [[gp[:, r::_TILE, s::_TILE] for s in range(_TILE)] for r in range(_TILE)]
+  rows = [[_combine(_AT[:, p], [y[r][s] for r in range(_TILE)]) for s in range(_TILE)]
+          for p in range(a)]  # fmt: skip
+  out = [_combine(_AT[:, q], rows[p]) for p in range(a) for q in range(a)]
+  return jnp.stack(out).reshape(a * a, -1, c)
+
+
+def _kernel_grad_winograd(x, g, pads):
+  """dL/dkernel [3, 3, Cin, Cout] of a 3x3 stride-1 conv by Winograd F(4x4, 3x3).
+
+  The forward pass per tile is Y = A^T [U * V] A (U = G w G^T, V = B^T d B, * summed over Cin), so
+  dU = sum over tiles of V^T (A dY A^T): 36 products [Cin, tiles] [tiles, Cout], with 4x fewer
+  multiplications than im2col; then dw = G^T dU G. Zero rows and columns pad the output gradient
+  to whole tiles (they add nothing) and the input to match.
+  """
+  n, h, w, cin = x.shape
+  _, ho, wo, cout = g.shape
+  th, tw = -(-ho // _TILE), -(-wo // _TILE)
+  (pt, _), (pl, _) = pads
+  xp = jnp.pad(x, ((0, 0), (pt, _TILE * th + 2 - h - pt), (pl, _TILE * tw + 2 - w - pl), (0, 0)))
+  gp = jnp.pad(g, ((0, 0), (0, _TILE * th - ho), (0, _TILE * tw - wo), (0, 0)))
+  a2 = (_TILE + 2) ** 2
+  chunk = _chunk_images(n, a2 * th * tw * (cin + cout) * x.dtype.itemsize)
+
+  def chunk_grad(xc, gc):  # -> [36, Cin, Cout]
+    v, m = _winograd_input_tiles(xc, (th, tw)), _winograd_output_grad_tiles(gc)
+    dims = (((1,), (1,)), ((0,), (0,)))  # contract tiles, batch over the 36 points
+    return lax.dot_general(v, m, dims, preferred_element_type=jnp.float32)
+
+  zero = jnp.zeros((a2, cin, cout), jnp.float32)
+  du = _sum_over_chunks(chunk_grad, xp, gp, chunk, zero).reshape(_TILE + 2, _TILE + 2, cin, cout)
+  return jnp.einsum("pi,pqco,qj->ijco", _G, du, _G, precision=lax.Precision.HIGHEST)
 
 
 def _input_grad(g, kernel, x_shape, strides, pads, groups):

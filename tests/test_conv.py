@@ -18,6 +18,9 @@ DN = ("NHWC", "HWIO", "NHWC")
 LAYERS = {
   "vgg_3x3": ((2, 8, 8, 4), (3, 3, 4, 6), 1, "SAME", 1),
   "vgg_conv0_rgb": ((2, 8, 8, 3), (3, 3, 3, 5), 1, "SAME", 1),
+  # 16 input channels: the kernel gradient by Winograd (sizes not a multiple of its 4x4 tiles)
+  "vgg_3x3_winograd": ((2, 8, 11, 16), (3, 3, 16, 4), 1, "SAME", 1),
+  "resnet_3x3_s1_winograd": ((3, 9, 8, 16), (3, 3, 16, 4), 1, ((1, 1), (1, 1)), 1),
   "alexnet_conv1_11x11_s4": ((2, 27, 27, 3), (11, 11, 3, 5), 4, ((2, 2), (2, 2)), 1),
   "alexnet_5x5": ((2, 7, 7, 4), (5, 5, 4, 6), 1, "SAME", 1),
   "alexnet_3x3": ((2, 5, 5, 6), (3, 3, 6, 4), 1, "SAME", 1),
@@ -70,10 +73,10 @@ def test_matmul_gradients_equal_lax_on_every_model_layer_shape(name):
   _check_layer(name)
 
 
-@pytest.mark.parametrize("name", ["vgg_3x3", "resnet_3x3_s2", "grouped_1x1_s2"])
+@pytest.mark.parametrize("name", ["vgg_3x3_winograd", "resnet_3x3_s2", "grouped_1x1_s2"])
 def test_kernel_gradient_summed_over_image_chunks(name, monkeypatch):
   # A budget below one image's im2col: one image per chunk, the chunks summed by lax.scan.
-  monkeypatch.setattr(conv, "IM2COL_CHUNK_BYTES", 1)
+  monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
   _check_layer(name)
 
 
@@ -82,8 +85,33 @@ def test_bfloat16_inputs_give_bfloat16_gradients_close_to_lax(name):
   _check_layer(name, dtype=jnp.bfloat16, rtol=5e-2, atol=0.25)
 
 
+def test_winograd_only_for_wide_3x3_stride_1_float32_kernels_on_8x8_and_more():
+  wide, f32, hw = (3, 3, 16, 4), jnp.float32, (8, 8)
+  assert conv._uses_winograd(wide, (1, 1), 1, f32, hw)
+  for name in ("vgg_3x3_winograd", "resnet_3x3_s1_winograd"):  # so those tests check Winograd
+    (_, h, w, _), kernel_shape, _, padding, _ = LAYERS[name]
+    out_hw = (h + sum(padding[0]) - 2, w + sum(padding[1]) - 2) if padding != "SAME" else (h, w)
+    assert conv._uses_winograd(kernel_shape, (1, 1), 1, f32, out_hw)
+  assert not conv._uses_winograd((3, 3, 3, 4), (1, 1), 1, f32, hw)  # RGB stem: im2col
+  assert not conv._uses_winograd(wide, (2, 2), 1, f32, hw)
+  assert not conv._uses_winograd((3, 3, 8, 4), (1, 1), 2, f32, hw)
+  assert not conv._uses_winograd(wide, (1, 1), 1, jnp.bfloat16, hw)
+  assert not conv._uses_winograd((5, 5, 16, 4), (1, 1), 1, f32, hw)
+  assert not conv._uses_winograd(wide, (1, 1), 1, f32, (7, 7))  # too few tiles
+  assert not conv._uses_winograd(wide, (1, 1), 1, f32, (13, 13))  # 16x16 tiles: 51 % more
+
+
+def test_winograd_and_im2col_kernel_gradients_agree():
+  x, _ = _inputs((2, 10, 9, 16), (3, 3, 16, 4))
+  g = jax.random.normal(jax.random.key(4), (2, 10, 9, 4))
+  pads = ((1, 1), (1, 1))
+  winograd = conv._kernel_grad_winograd(x, g, pads)
+  im2col = conv._kernel_grad_im2col(x, g, (3, 3, 16, 4), (1, 1), pads, 1)
+  np.testing.assert_allclose(winograd, im2col, rtol=1e-5, atol=1e-4)
+
+
 def test_chunk_is_the_largest_divisor_of_the_batch_within_the_budget(monkeypatch):
-  monkeypatch.setattr(conv, "IM2COL_CHUNK_BYTES", 1000)
+  monkeypatch.setattr(conv, "CHUNK_BYTES", 1000)
   assert conv._chunk_images(64, 100) == 8  # 10 would fit, 8 divides 64
   assert conv._chunk_images(7, 100) == 7
   assert conv._chunk_images(6, 5000) == 1
