@@ -6,7 +6,7 @@ four times slower at batch 64. `conv2d` is `lax.conv_general_dilated` (NHWC inpu
 NHWC output) with a `jax.custom_vjp` whose backward pass computes
 
 * the kernel gradient of 3x3 stride-1 float32 convs on images of 8x8 and more (every binary
-  conv of VGG-Small on CIFAR-10) by Winograd F(4x4, 3x3): 36 matrix products
+  conv of VGG-Small on CIFAR-10) by Winograd F(4x4, 3x3) (`bnn_jax/winograd.py`): 36 matrix products
   [Cin, tiles] [tiles, Cout] of transformed input and output-gradient tiles, 4x fewer
   multiplications than im2col, error about 1e-6 of the largest entry;
 * every other kernel gradient as G^T [Cout, N*Ho*Wo] cols [N*Ho*Wo, kh*kw*Cin], where cols
@@ -29,11 +29,11 @@ Where it applies: only when `jax.default_backend()` is "cpu" at trace time, and 
 convolution of at least MATMUL_MIN_MACS multiply-adds (the whole batch as traced). Below that
 XLA's own gradient was as fast or faster. Measured with benchmarks/conv_gradients.py (2-core AMD
 EPYC, 3x3 stride 1, 2026-11-26), forward + both gradients, time with XLA's / with the matrix path:
-  batch 64, VGG-Small (32x32): 128->128 at 32x32 1.29 (9.7 G MACs), 128->256 at 16x16 1.17,
-    256->256 at 16x16 1.16, 256->512 at 8x8 1.06 (4.8 G), 512->512 at 8x8 1.14; 3->128 at
-    32x32 1.04 (0.23 G);
-  batch 64, the quickstart net (width 1/4, 28x28): 0.75 to 0.88 for every layer (0.46 G each);
-  batch 16, VGG-Small: 0.94 to 0.98 for every layer (up to 2.4 G).
+  batch 64, VGG-Small (32x32), Winograd kernel gradient: 128->128 at 32x32 1.62 (9.7 G MACs),
+    128->256 at 16x16 1.33 (4.8 G), 256->256 at 16x16 1.45, 256->512 at 8x8 1.11, 512->512 at
+    8x8 1.22; with im2col only, the same layers measured 1.29, 1.17, 1.16, 1.06, 1.14;
+  batch 64, the quickstart net (width 1/4, 28x28), im2col: 0.75 to 0.88 for every layer (0.46 G);
+  batch 16, VGG-Small, im2col: 0.94 to 0.98 for every layer (up to 2.4 G).
 On GPU and TPU
 `conv2d` is exactly `lax.conv_general_dilated` with XLA's own gradient (cuDNN and the TPU
 compiler compute all three at full speed). `conv_general_dilated` has lax's signature, for
@@ -49,44 +49,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bnn_jax import winograd
 from bnn_jax.errors import InputError
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # The kernel gradient transforms (im2col, Winograd tiles) this many bytes of images at a time (a
 # divisor of the batch): small enough to stay in a CPU's L2/L3 cache from written to read.
 CHUNK_BYTES = 16 * 2**20
-# 3x3 stride-1 float32 kernels with at least this many input channels per group take Winograd
-# for their kernel gradient; thinner ones (3-channel stems) measured faster with im2col.
-WINOGRAD_MIN_CHANNELS = 16
-
-# Winograd F(4x4, 3x3) (Lavin & Gray 2016, interpolation points 0, +-1, +-2, infinity): a 4x4
-# output tile Y = A^T [(G w G^T) * (B^T d B)] A from a 6x6 input tile d, 36 products for 144.
-_BT = np.array(
-  [
-    [4, 0, -5, 0, 1, 0],
-    [0, -4, -4, 1, 1, 0],
-    [0, 4, -4, -1, 1, 0],
-    [0, -2, -1, 2, 1, 0],
-    [0, 2, -1, -2, 1, 0],
-    [0, 4, 0, -5, 0, 1],
-  ],
-  np.float32,
-)
-_G = np.array(
-  [
-    [1 / 4, 0, 0],
-    [-1 / 6, -1 / 6, -1 / 6],
-    [-1 / 6, 1 / 6, -1 / 6],
-    [1 / 24, 1 / 12, 1 / 6],
-    [1 / 24, -1 / 12, 1 / 6],
-    [0, 0, 1],
-  ],
-  np.float32,
-)
-_AT = np.array(
-  [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float32
-)
-_TILE = 4  # output tile side; input tiles are _TILE + 2 = 6 wide and overlap by 2
 # Smaller convolutions keep XLA's gradient on the CPU too: measured above, the matrix path paid
 # off from 4.8 G multiply-adds a call and lost up to 2.4 G.
 MATMUL_MIN_MACS = 2**32
@@ -280,26 +249,9 @@ def _sum_over_chunks(fn, x, g, chunk, zero):
   return total
 
 
-def _uses_winograd(kernel_shape, strides, groups, dtype, out_hw) -> bool:
-  """Whether the kernel gradient goes by Winograd: float32 only (the transforms' 1/6 and 1/24
-  would round in bfloat16), outputs of at least 8x8 that whole 4x4 tiles cover with at most a
-  third more pixels (measured: 13x13, padded to 16x16, no faster than im2col; 7x7 slower)."""
-  (ho, wo), tile = out_hw, _TILE
-  padded = (-(-ho // tile) * tile) * (-(-wo // tile) * tile)
-  return (
-    tuple(kernel_shape[:2]) == (3, 3)
-    and strides == (1, 1)
-    and groups == 1
-    and dtype == jnp.float32
-    and kernel_shape[2] >= WINOGRAD_MIN_CHANNELS
-    and min(ho, wo) >= 8
-    and 3 * padded <= 4 * ho * wo
-  )
-
-
 def _kernel_grad(x, g, kernel_shape, strides, pads, groups):
   """dL/dkernel [kh, kw, Cin/G, Cout]: Winograd for 3x3 stride-1 float32, im2col otherwise."""
-  if _uses_winograd(kernel_shape, strides, groups, x.dtype, g.shape[1:3]):
+  if winograd.applies(kernel_shape, strides, groups, x.dtype, g.shape[1:3]):
     return _kernel_grad_winograd(x, g, pads)
   return _kernel_grad_im2col(x, g, kernel_shape, strides, pads, groups)
 
@@ -327,37 +279,6 @@ def _kernel_grad_im2col(x, g, kernel_shape, strides, pads, groups):
   return dw.transpose(2, 3, 0, 1).reshape(kernel_shape)
 
 
-def _combine(coefficients, terms):
-  """sum_k coefficients[k] * terms[k], skipping zero coefficients and multiplying by +-1 free."""
-  total = None
-  for c, t in zip(coefficients.tolist(), terms):
-    if c == 0:
-      continue
-    t = t if c == 1 else -t if c == -1 else c * t
-    total = t if total is None else total + t
-  return total
-
-
-def _winograd_input_tiles(xp, tiles):
-  """B^T d B of every 6x6 tile d (stride 4) of xp [n, 4*th + 2, 4*tw + 2, C] -> [36, n*th*tw, C]."""
-  (th, tw), a, c = tiles, _TILE + 2, xp.shape[3]
-  d = [[xp[:, u : u + _TILE * th : _TILE, v : v + _TILE * tw : _TILE] for v in range(a)]
-       for u in range(a)]  # fmt: skip
-  rows = [[_combine(_BT[p], [d[u][v] for u in range(a)]) for v in range(a)] for p in range(a)]
-  out = [_combine(_BT[q], rows[p]) for p in range(a) for q in range(a)]
-  return jnp.stack(out).reshape(a * a, -1, c)
-
-
-def _winograd_output_grad_tiles(gp):
-  """A dY A^T of every 4x4 tile dY of gp [n, 4*th, 4*tw, Cout] -> [36, n*th*tw, Cout]."""
-  a, c = _TILE + 2, gp.shape[3]
-  y = [[gp[:, r::_TILE, s::_TILE] for s in range(_TILE)] for r in range(_TILE)]
-  rows = [[_combine(_AT[:, p], [y[r][s] for r in range(_TILE)]) for s in range(_TILE)]
-          for p in range(a)]  # fmt: skip
-  out = [_combine(_AT[:, q], rows[p]) for p in range(a) for q in range(a)]
-  return jnp.stack(out).reshape(a * a, -1, c)
-
-
 def _kernel_grad_winograd(x, g, pads):
   """dL/dkernel [3, 3, Cin, Cout] of a 3x3 stride-1 conv by Winograd F(4x4, 3x3).
 
@@ -368,21 +289,27 @@ def _kernel_grad_winograd(x, g, pads):
   """
   n, h, w, cin = x.shape
   _, ho, wo, cout = g.shape
-  th, tw = -(-ho // _TILE), -(-wo // _TILE)
+  th, tw = -(-ho // winograd.TILE), -(-wo // winograd.TILE)
   (pt, _), (pl, _) = pads
-  xp = jnp.pad(x, ((0, 0), (pt, _TILE * th + 2 - h - pt), (pl, _TILE * tw + 2 - w - pl), (0, 0)))
-  gp = jnp.pad(g, ((0, 0), (0, _TILE * th - ho), (0, _TILE * tw - wo), (0, 0)))
-  a2 = (_TILE + 2) ** 2
+  xp = jnp.pad(
+    x,
+    ((0, 0), (pt, winograd.TILE * th + 2 - h - pt), (pl, winograd.TILE * tw + 2 - w - pl), (0, 0)),
+  )
+  gp = jnp.pad(g, ((0, 0), (0, winograd.TILE * th - ho), (0, winograd.TILE * tw - wo), (0, 0)))
+  a2 = (winograd.TILE + 2) ** 2
   chunk = _chunk_images(n, a2 * th * tw * (cin + cout) * x.dtype.itemsize)
 
   def chunk_grad(xc, gc):  # -> [36, Cin, Cout]
-    v, m = _winograd_input_tiles(xc, (th, tw)), _winograd_output_grad_tiles(gc)
+    v, m = winograd.input_tiles(xc, (th, tw)), winograd.output_grad_tiles(gc)
     dims = (((1,), (1,)), ((0,), (0,)))  # contract tiles, batch over the 36 points
     return lax.dot_general(v, m, dims, preferred_element_type=jnp.float32)
 
   zero = jnp.zeros((a2, cin, cout), jnp.float32)
-  du = _sum_over_chunks(chunk_grad, xp, gp, chunk, zero).reshape(_TILE + 2, _TILE + 2, cin, cout)
-  return jnp.einsum("pi,pqco,qj->ijco", _G, du, _G, precision=lax.Precision.HIGHEST)
+  du = _sum_over_chunks(chunk_grad, xp, gp, chunk, zero).reshape(
+    winograd.TILE + 2, winograd.TILE + 2, cin, cout
+  )
+  g_matrix = winograd.G
+  return jnp.einsum("pi,pqco,qj->ijco", g_matrix, du, g_matrix, precision=lax.Precision.HIGHEST)
 
 
 def _input_grad(g, kernel, x_shape, strides, pads, groups):

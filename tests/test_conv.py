@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bnn_jax import conv, models
+from bnn_jax import conv, models, winograd
 from bnn_jax.errors import InputError
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -87,18 +87,18 @@ def test_bfloat16_inputs_give_bfloat16_gradients_close_to_lax(name):
 
 def test_winograd_only_for_wide_3x3_stride_1_float32_kernels_on_8x8_and_more():
   wide, f32, hw = (3, 3, 16, 4), jnp.float32, (8, 8)
-  assert conv._uses_winograd(wide, (1, 1), 1, f32, hw)
+  assert winograd.applies(wide, (1, 1), 1, f32, hw)
   for name in ("vgg_3x3_winograd", "resnet_3x3_s1_winograd"):  # so those tests check Winograd
     (_, h, w, _), kernel_shape, _, padding, _ = LAYERS[name]
     out_hw = (h + sum(padding[0]) - 2, w + sum(padding[1]) - 2) if padding != "SAME" else (h, w)
-    assert conv._uses_winograd(kernel_shape, (1, 1), 1, f32, out_hw)
-  assert not conv._uses_winograd((3, 3, 3, 4), (1, 1), 1, f32, hw)  # RGB stem: im2col
-  assert not conv._uses_winograd(wide, (2, 2), 1, f32, hw)
-  assert not conv._uses_winograd((3, 3, 8, 4), (1, 1), 2, f32, hw)
-  assert not conv._uses_winograd(wide, (1, 1), 1, jnp.bfloat16, hw)
-  assert not conv._uses_winograd((5, 5, 16, 4), (1, 1), 1, f32, hw)
-  assert not conv._uses_winograd(wide, (1, 1), 1, f32, (7, 7))  # too few tiles
-  assert not conv._uses_winograd(wide, (1, 1), 1, f32, (13, 13))  # 16x16 tiles: 51 % more
+    assert winograd.applies(kernel_shape, (1, 1), 1, f32, out_hw)
+  assert not winograd.applies((3, 3, 3, 4), (1, 1), 1, f32, hw)  # RGB stem: im2col
+  assert not winograd.applies(wide, (2, 2), 1, f32, hw)
+  assert not winograd.applies((3, 3, 8, 4), (1, 1), 2, f32, hw)
+  assert not winograd.applies(wide, (1, 1), 1, jnp.bfloat16, hw)
+  assert not winograd.applies((5, 5, 16, 4), (1, 1), 1, f32, hw)
+  assert not winograd.applies(wide, (1, 1), 1, f32, (7, 7))  # too few tiles
+  assert not winograd.applies(wide, (1, 1), 1, f32, (13, 13))  # 16x16 tiles: 51 % more
 
 
 def test_winograd_and_im2col_kernel_gradients_agree():
