@@ -80,6 +80,7 @@ def test_kernel_gradient_summed_over_image_chunks(name, monkeypatch):
   _check_layer(name)
 
 
+@pytest.mark.slow  # about 5 s of CPU each (bfloat16 compiles slowly on XLA:CPU)
 @pytest.mark.parametrize("name", ["vgg_3x3", "resnet_3x3_s2", "grouped_3x3"])
 def test_bfloat16_inputs_give_bfloat16_gradients_close_to_lax(name):
   _check_layer(name, dtype=jnp.bfloat16, rtol=5e-2, atol=0.25)
