@@ -6,8 +6,8 @@ four times slower at batch 64. `conv2d` is `lax.conv_general_dilated` (NHWC inpu
 NHWC output) with a `jax.custom_vjp` whose backward pass computes
 
 * the kernel gradient of 3x3 stride-1 float32 convs on images of 8x8 and more (every binary
-  conv of VGG-Small on CIFAR-10) by Winograd F(4x4, 3x3) (`bnn_jax/winograd.py`): 36 matrix products
-  [Cin, tiles] [tiles, Cout] of transformed input and output-gradient tiles, 4x fewer
+  conv of VGG-Small on CIFAR-10) by Winograd F(4x4, 3x3) (`bnn_jax/winograd.py`): 36 matrix
+  products [Cin, tiles] [tiles, Cout] of transformed input and output-gradient tiles, 4x fewer
   multiplications than im2col, error about 1e-6 of the largest entry;
 * every other kernel gradient as G^T [Cout, N*Ho*Wo] cols [N*Ho*Wo, kh*kw*Cin], where cols
   (im2col) holds the input each kernel tap sees at each output pixel. This measured faster than
@@ -289,27 +289,22 @@ def _kernel_grad_winograd(x, g, pads):
   """
   n, h, w, cin = x.shape
   _, ho, wo, cout = g.shape
-  th, tw = -(-ho // winograd.TILE), -(-wo // winograd.TILE)
+  tile = winograd.TILE
+  th, tw = -(-ho // tile), -(-wo // tile)
   (pt, _), (pl, _) = pads
-  xp = jnp.pad(
-    x,
-    ((0, 0), (pt, winograd.TILE * th + 2 - h - pt), (pl, winograd.TILE * tw + 2 - w - pl), (0, 0)),
-  )
-  gp = jnp.pad(g, ((0, 0), (0, winograd.TILE * th - ho), (0, winograd.TILE * tw - wo), (0, 0)))
-  a2 = (winograd.TILE + 2) ** 2
-  chunk = _chunk_images(n, a2 * th * tw * (cin + cout) * x.dtype.itemsize)
+  xp = jnp.pad(x, ((0, 0), (pt, tile * th + 2 - h - pt), (pl, tile * tw + 2 - w - pl), (0, 0)))
+  gp = jnp.pad(g, ((0, 0), (0, tile * th - ho), (0, tile * tw - wo), (0, 0)))
+  a = tile + 2
+  chunk = _chunk_images(n, a * a * th * tw * (cin + cout) * x.dtype.itemsize)
 
   def chunk_grad(xc, gc):  # -> [36, Cin, Cout]
     v, m = winograd.input_tiles(xc, (th, tw)), winograd.output_grad_tiles(gc)
     dims = (((1,), (1,)), ((0,), (0,)))  # contract tiles, batch over the 36 points
     return lax.dot_general(v, m, dims, preferred_element_type=jnp.float32)
 
-  zero = jnp.zeros((a2, cin, cout), jnp.float32)
-  du = _sum_over_chunks(chunk_grad, xp, gp, chunk, zero).reshape(
-    winograd.TILE + 2, winograd.TILE + 2, cin, cout
-  )
-  g_matrix = winograd.G
-  return jnp.einsum("pi,pqco,qj->ijco", g_matrix, du, g_matrix, precision=lax.Precision.HIGHEST)
+  zero = jnp.zeros((a * a, cin, cout), jnp.float32)
+  du = _sum_over_chunks(chunk_grad, xp, gp, chunk, zero).reshape(a, a, cin, cout)
+  return jnp.einsum("pi,pqco,qj->ijco", winograd.G, du, winograd.G, precision=lax.Precision.HIGHEST)
 
 
 def _input_grad(g, kernel, x_shape, strides, pads, groups):

@@ -18,6 +18,12 @@ import sys
 import numpy as np
 
 
+def idx_bytes(array: np.ndarray) -> bytes:
+  """An IDX file of uint8 `array`: magic (0, 0, 0x08 for ubyte, ndim), its shape, its bytes."""
+  header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+  return header + array.tobytes()
+
+
 def main(argv: list[str]) -> int:
   if len(argv) != 2:
     print("usage: python launch/make_mnist_standin.py DIR", file=sys.stderr)
@@ -39,10 +45,8 @@ def main(argv: list[str]) -> int:
   out = pathlib.Path(argv[1])
   out.mkdir(parents=True, exist_ok=True)
   for prefix, rows in (("train", np.array(train)), ("t10k", np.array(test))):
-    with open(out / f"{prefix}-images-idx3-ubyte", "wb") as f:
-      f.write(struct.pack(">IIII", 0x803, len(rows), 28, 28) + images[rows].tobytes())
-    with open(out / f"{prefix}-labels-idx1-ubyte", "wb") as f:
-      f.write(struct.pack(">II", 0x801, len(rows)) + labels[rows].tobytes())
+    (out / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images[rows]))
+    (out / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels[rows]))
   print(
     f"{out}: {len(train)} training and {len(test)} test images (a stand-in, not MNIST's test set)"
   )

@@ -440,8 +440,7 @@ def test_infer_report_counts_per_class_and_top_classes():
 def test_infer_prints_a_summary_and_per_image_lines_on_request(model_file, tmp_path):
   from bnn_jax.deploy import program as program_file
 
-  model = model_file
-  program = program_file.load(model)
+  program = program_file.load(model_file)
   program.metadata["class_names"] = ["cat", "dog", "owl", "yak"]
   named = tmp_path / "named.bnn"
   program_file.save(program, named)
@@ -494,7 +493,6 @@ def test_infer_prints_a_summary_and_per_image_lines_on_request(model_file, tmp_p
   ],
 )
 def test_infer_checks_labels_as_training_does(model_file, tmp_path, labels, message):
-  model = model_file
   np.savez(tmp_path / "bad.npz", images=np.zeros((3, 8, 8, 3), np.uint8), labels=labels)
-  done = run_program("-m", "bnn_jax.deploy.infer", model, tmp_path / "bad.npz")
+  done = run_program("-m", "bnn_jax.deploy.infer", model_file, tmp_path / "bad.npz")
   assert_one_sentence(done, message)
