@@ -14,7 +14,7 @@ NHWC output) with a `jax.custom_vjp` whose backward pass computes
   one product per tap (thin, and each tap's input copied out first);
 * both a few images at a time (CHUNK_BYTES), so that the transformed tiles or cols are still in
   cache when the product reads them (one im2col of the whole batch writes and rereads hundreds
-  of MB), summed over the chunks with lax.scan;
+  of MB), summed over the chunks in a loop;
 * the input gradient with XLA's own transposed convolution, except for 1x1 kernels with a
   stride (ResNet's downsample): there G W^T [N*Ho*Wo, Cin] placed at the strided positions
   (col2im), which measured faster than XLA's input-dilated convolution. For larger strided
@@ -238,15 +238,15 @@ def _chunk_images(n: int, bytes_per_image: int) -> int:
   return max(d for d in range(1, n + 1) if n % d == 0 and d <= fit)
 
 
-def _sum_over_chunks(fn, x, g, chunk, zero):
-  """sum of fn(x[c], g[c]) over chunks c of `chunk` images, in order (lax.scan)."""
+def _sum_over_chunks(fn, x, g, chunk):
+  """sum of fn(x[c], g[c]) over chunks c of `chunk` images, in order: the first chunk's result
+  starts the sum (no zero array to fill), a loop adds the others (sliced in place, not copied)."""
   n = x.shape[0]
   if chunk == n:
     return fn(x, g)
   xs = x.reshape(n // chunk, chunk, *x.shape[1:])
   gs = g.reshape(n // chunk, chunk, *g.shape[1:])
-  total, _ = lax.scan(lambda acc, xg: (acc + fn(*xg), None), zero, (xs, gs))
-  return total
+  return lax.fori_loop(1, n // chunk, lambda i, total: total + fn(xs[i], gs[i]), fn(xs[0], gs[0]))
 
 
 def _kernel_grad(x, g, kernel_shape, strides, pads, groups):
@@ -274,8 +274,7 @@ def _kernel_grad_im2col(x, g, kernel_shape, strides, pads, groups):
     dims = (pixels[0], ((1,), (2,)))  # contract pixels, batch over groups
     return lax.dot_general(gm, cols, dims, preferred_element_type=jnp.float32)
 
-  zero = jnp.zeros((groups, og, kh * kw, cg), jnp.float32)
-  dw = _sum_over_chunks(chunk_grad, x, g, chunk, zero)
+  dw = _sum_over_chunks(chunk_grad, x, g, chunk)
   return dw.transpose(2, 3, 0, 1).reshape(kernel_shape)
 
 
@@ -302,9 +301,8 @@ def _kernel_grad_winograd(x, g, pads):
     dims = (((1,), (1,)), ((0,), (0,)))  # contract tiles, batch over the 36 points
     return lax.dot_general(v, m, dims, preferred_element_type=jnp.float32)
 
-  zero = jnp.zeros((a * a, cin, cout), jnp.float32)
-  du = _sum_over_chunks(chunk_grad, xp, gp, chunk, zero).reshape(a, a, cin, cout)
-  return jnp.einsum("pi,pqco,qj->ijco", winograd.G, du, winograd.G, precision=lax.Precision.HIGHEST)
+  du = _sum_over_chunks(chunk_grad, xp, gp, chunk).reshape(a, a, cin, cout)
+  return winograd.kernel_from_tiles(du)
 
 
 def _input_grad(g, kernel, x_shape, strides, pads, groups):

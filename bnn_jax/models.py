@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from bnn_jax import pooling
 from bnn_jax.errors import InputError
 from bnn_jax.kits import KIT_KEYS, LayerKit, binary_kit, float_kit, make_kit  # noqa: F401 (API)
 from bnn_jax.stages import INPUT, Add, Flatten, GlobalAvgPool, Layer, MaxPool, Relu, forward
@@ -23,7 +24,8 @@ def batch_norm(features: int, rngs: nnx.Rngs, dtype=None) -> nnx.BatchNorm:
 
 
 def max_pool(x: jax.Array) -> jax.Array:
-  return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+  """2x2 max-pool, stride 2, no padding (pooling.max_pool_2x2: its gradient is cheap on CPU)."""
+  return pooling.max_pool_2x2(x)
 
 
 VGG_SMALL_CHANNELS = (128, 128, 256, 256, 512, 512)

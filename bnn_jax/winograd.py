@@ -70,20 +70,34 @@ def _combine(coefficients, terms):
 
 
 def input_tiles(xp, tiles):
-  """B^T d B of every 6x6 tile d (stride 4) of xp [n, 4*th + 2, 4*tw + 2, C] -> [36, n*th*tw, C]."""
+  """B^T d B of every 6x6 tile d (stride 4) of xp [n, 4*th + 2, 4*tw + 2, C] -> [36, n*th*tw, C].
+
+  Separably: B^T over the tiles' rows for all columns at once, stacked, then over the columns
+  (measured 1.7-2x faster than combining up to 16 input slices for each of the 36 points).
+  """
   (th, tw), a, c = tiles, TILE + 2, xp.shape[3]
-  d = [[xp[:, u : u + TILE * th : TILE, v : v + TILE * tw : TILE] for v in range(a)]
-       for u in range(a)]  # fmt: skip
-  rows = [[_combine(BT[p], [d[u][v] for u in range(a)]) for v in range(a)] for p in range(a)]
-  out = [_combine(BT[q], rows[p]) for p in range(a) for q in range(a)]
-  return jnp.stack(out).reshape(a * a, -1, c)
+  rows = [xp[:, u : u + TILE * th : TILE] for u in range(a)]  # [n, th, 4*tw + 2, C]
+  r = jnp.stack([_combine(BT[p], rows) for p in range(a)])  # [6, n, th, 4*tw + 2, C]
+  columns = [r[:, :, :, v : v + TILE * tw : TILE] for v in range(a)]  # [6, n, th, tw, C]
+  return jnp.stack([_combine(BT[q], columns) for q in range(a)], axis=1).reshape(a * a, -1, c)
 
 
 def output_grad_tiles(gp):
-  """A dY A^T of every 4x4 tile dY of gp [n, 4*th, 4*tw, Cout] -> [36, n*th*tw, Cout]."""
+  """A dY A^T of every 4x4 tile dY of gp [n, 4*th, 4*tw, Cout] -> [36, n*th*tw, Cout] (separably,
+  like input_tiles)."""
   a, c = TILE + 2, gp.shape[3]
-  y = [[gp[:, r::TILE, s::TILE] for s in range(TILE)] for r in range(TILE)]
-  rows = [[_combine(AT[:, p], [y[r][s] for r in range(TILE)]) for s in range(TILE)]
-          for p in range(a)]  # fmt: skip
-  out = [_combine(AT[:, q], rows[p]) for p in range(a) for q in range(a)]
-  return jnp.stack(out).reshape(a * a, -1, c)
+  rows = [gp[:, r::TILE] for r in range(TILE)]  # [n, th, 4*tw, C]
+  r = jnp.stack([_combine(AT[:, p], rows) for p in range(a)])  # [6, n, th, 4*tw, C]
+  columns = [r[:, :, :, s::TILE] for s in range(TILE)]  # [6, n, th, tw, C]
+  return jnp.stack([_combine(AT[:, q], columns) for q in range(a)], axis=1).reshape(a * a, -1, c)
+
+
+def kernel_from_tiles(du):
+  """G^T dU G: du [6, 6, Cin, Cout] (the gradient of U = G w G^T) -> dw [3, 3, Cin, Cout].
+
+  As constant-weighted sums, G^T over the first axis then G over the second (measured 2.7-7x
+  faster than an einsum, which XLA ran as a [Cin*Cout*6, 6] x [6, 3] product).
+  """
+  a = TILE + 2
+  r = jnp.stack([_combine(G[:, i], [du[p] for p in range(a)]) for i in range(3)])  # [3, 6, ...]
+  return jnp.stack([_combine(G[:, j], [r[:, q] for q in range(a)]) for j in range(3)], axis=1)

@@ -73,9 +73,11 @@ def test_matmul_gradients_equal_lax_on_every_model_layer_shape(name):
   _check_layer(name)
 
 
-@pytest.mark.parametrize("name", ["vgg_3x3_winograd", "resnet_3x3_s2", "grouped_1x1_s2"])
+@pytest.mark.parametrize(
+  "name", ["vgg_3x3_winograd", "resnet_3x3_s1_winograd", "resnet_3x3_s2", "grouped_1x1_s2"]
+)
 def test_kernel_gradient_summed_over_image_chunks(name, monkeypatch):
-  # A budget below one image's im2col: one image per chunk, the chunks summed by lax.scan.
+  # A budget below one image's im2col: one image per chunk (2 or 3), summed by a loop.
   monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
   _check_layer(name)
 
@@ -109,6 +111,12 @@ def test_winograd_and_im2col_kernel_gradients_agree():
   winograd = conv._kernel_grad_winograd(x, g, pads)
   im2col = conv._kernel_grad_im2col(x, g, (3, 3, 16, 4), (1, 1), pads, 1)
   np.testing.assert_allclose(winograd, im2col, rtol=1e-5, atol=1e-4)
+
+
+def test_winograd_kernel_from_tiles_is_g_transpose_du_g():
+  du = jax.random.normal(jax.random.key(5), (6, 6, 3, 2))
+  expected = np.einsum("pi,pqco,qj->ijco", winograd.G, np.asarray(du, np.float64), winograd.G)
+  np.testing.assert_allclose(winograd.kernel_from_tiles(du), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_chunk_is_the_largest_divisor_of_the_batch_within_the_budget(monkeypatch):

@@ -1,0 +1,49 @@
+"""bnn_jax.pooling: the 2x2 max-pool equals nnx.max_pool forward and backward (ties included),
+takes its own cheap path on the CPU backend and lax's reduce_window elsewhere."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bnn_jax import models, pooling
+
+
+def _reference(x):
+  return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 9, 2), (1, 2, 2, 1)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_values_and_gradients_equal_nnx_max_pool(shape, ties):
+  rng = np.random.default_rng(0)
+  # Ties: integers in [-2, 2), so most windows hold a repeated maximum; the gradient must go to
+  # the same (first, row-major) one as XLA's select-and-scatter sends it to.
+  x = rng.integers(-2, 2, shape) if ties else rng.normal(size=shape)
+  x = jnp.asarray(x, jnp.float32)
+  y, pull = jax.vjp(pooling.max_pool_2x2, x)
+  y_ref, pull_ref = jax.vjp(_reference, x)
+  g = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(pull(g)[0], pull_ref(g)[0])
+  if ties:  # each window's gradient lands on one position only
+    window_hits = (pull(jnp.ones_like(g))[0] != 0).sum()
+    assert window_hits == y.size
+
+
+def test_cpu_path_has_no_reduce_window_and_other_backends_keep_lax(monkeypatch):
+  x = jnp.ones((2, 4, 4, 3))
+  grad_program = lambda: str(jax.make_jaxpr(jax.grad(lambda x: pooling.max_pool_2x2(x).sum()))(x))
+  if jax.default_backend() == "cpu":
+    assert "reduce_window" not in grad_program() and "custom_vjp_call" in grad_program()
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert "reduce_window" in grad_program()
+
+
+def test_vgg_small_pools_with_it():
+  model = models.VGGSmall(models.float_kit(), image_shape=(8, 8, 3), width=1 / 32, rngs=nnx.Rngs(0))
+  x = jnp.ones((2, 8, 8, 3))
+  program = str(jax.make_jaxpr(jax.grad(lambda x: model(x, train=False).sum()))(x))
+  if jax.default_backend() == "cpu":  # three 2x2 poolings, none through reduce_window
+    assert "reduce_window" not in program
