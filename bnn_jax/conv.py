@@ -23,17 +23,19 @@ NHWC output) with a `jax.custom_vjp` whose backward pass computes
 The forward pass stays XLA's convolution, bit for bit: shifted products and im2col measured no
 faster, and the deployment tests compare the trained model's forward pass exactly. (A Winograd
 F(2x2, 3x3) forward pass measured 1.2-1.4x faster on 16x16 and 32x32 images but is not
-bit-exact; Winograd input gradients measured slower than XLA's.)
+bit-exact. F(4x4, 3x3) as a convolution, for the input gradient, measured no faster than XLA's:
+133-167 against 137-149 ms for VGG-Small's 32x32 layer at batch 64, slower on the others.)
 
 Where it applies: only when `jax.default_backend()` is "cpu" at trace time, and only for a
 convolution of at least MATMUL_MIN_MACS multiply-adds (the whole batch as traced). Below that
 XLA's own gradient was as fast or faster. Measured with benchmarks/conv_gradients.py (2-core AMD
 EPYC, 3x3 stride 1, 2026-11-26), forward + both gradients, time with XLA's / with the matrix path:
-  batch 64, VGG-Small (32x32), Winograd kernel gradient: 128->128 at 32x32 1.62 (9.7 G MACs),
-    128->256 at 16x16 1.33 (4.8 G), 256->256 at 16x16 1.45, 256->512 at 8x8 1.11, 512->512 at
-    8x8 1.22; with im2col only, the same layers measured 1.29, 1.17, 1.16, 1.06, 1.14;
-  batch 64, the quickstart net (width 1/4, 28x28), im2col: 0.75 to 0.88 for every layer (0.46 G);
-  batch 16, VGG-Small, im2col: 0.94 to 0.98 for every layer (up to 2.4 G).
+  batch 64, VGG-Small (32x32), Winograd kernel gradient with separable transforms (12:02 UTC):
+    128->128 at 32x32 1.81 (9.7 G MACs), 128->256 at 16x16 2.32 (4.8 G), 256->256 at 16x16
+    1.55, 256->512 at 8x8 1.23, 512->512 at 8x8 1.30; with im2col only (09:23 UTC), the same
+    layers measured 1.29, 1.17, 1.16, 1.06, 1.14;
+  batch 64, the quickstart net (width 1/4, 28x28): 0.62 to 1.40 (0.46 G and less);
+  batch 16, VGG-Small, Winograd: 0.83 to 1.31 (up to 2.4 G), im2col: 0.94 to 0.98.
 On GPU and TPU
 `conv2d` is exactly `lax.conv_general_dilated` with XLA's own gradient (cuDNN and the TPU
 compiler compute all three at full speed). `conv_general_dilated` has lax's signature, for
