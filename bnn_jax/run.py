@@ -227,8 +227,8 @@ def build_model(config: ml_collections.ConfigDict, spec: DataSpec) -> nnx.Module
   return models.create_model(config, spec.num_classes, spec.image_shape, nnx.Rngs(config.seed))
 
 
-def init_state(config, spec: DataSpec, tx: optax.GradientTransformation, mesh):
-  """Returns (graphdef, state) with the state replicated over `mesh`, created inside jit."""
+def _init(config, spec: DataSpec, tx: optax.GradientTransformation):
+  """The function that creates a train state: step, params, the rest of the model, opt_state."""
 
   def init():
     graphdef, params, rest = nnx.split(build_model(config, spec), nnx.Param, ...)
@@ -240,9 +240,26 @@ def init_state(config, spec: DataSpec, tx: optax.GradientTransformation, mesh):
       "opt_state": tx.init(params),
     }
 
-  graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config, spec)), nnx.Param, ...)[0]
-  state = jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
-  return graphdef, state
+  return init
+
+
+def _graphdef(config, spec: DataSpec):
+  return nnx.split(nnx.eval_shape(lambda: build_model(config, spec)), nnx.Param, ...)[0]
+
+
+def init_state(config, spec: DataSpec, tx: optax.GradientTransformation, mesh):
+  """Returns (graphdef, state) with the state replicated over `mesh`, created inside jit."""
+  state = jax.jit(_init(config, spec, tx), out_shardings=NamedSharding(mesh, P()))()
+  return _graphdef(config, spec), state
+
+
+def abstract_state(config, spec: DataSpec, tx: optax.GradientTransformation, mesh):
+  """(graphdef, state) like init_state's, the state's leaves jax.ShapeDtypeStructs replicated
+  over `mesh`: a restore target for which nothing is initialized or compiled."""
+  sharding = NamedSharding(mesh, P())
+  shapes = jax.eval_shape(_init(config, spec, tx))
+  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  return _graphdef(config, spec), state
 
 
 def restore_state(workdir) -> tuple[ml_collections.ConfigDict, DataSpec, object, dict]:
@@ -255,7 +272,7 @@ def restore_state(workdir) -> tuple[ml_collections.ConfigDict, DataSpec, object,
   config, spec = load_run(workdir)
   mesh = make_mesh(jax.local_devices()[:1])
   tx, _ = optim.make(config, steps_per_epoch=1)
-  graphdef, state = init_state(config, spec, tx, mesh)
+  graphdef, state = abstract_state(config, spec, tx, mesh)  # read only: never returned as is
   manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints, read_only=True)
   if manager.latest_step() is None:
     raise InputError(f"workdir {workdir} has no checkpoint to restore")

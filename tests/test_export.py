@@ -7,8 +7,11 @@ import subprocess
 import sys
 import zlib
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 from PIL import Image
 
 from bnn_jax import run
@@ -39,6 +42,26 @@ def trained(tiny_run):
   _, workdir, result = tiny_run  # shared with other tests: read only
   config, spec, model = run.restore_model(workdir)
   return workdir, config, result, model, export.program_of_model(config, spec, model, workdir)
+
+
+def _flat(tree) -> dict:
+  """{path: numpy array}, without the "value" level that saved nnx variables carry."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {jax.tree_util.keystr(p).replace("['value']", ""): np.asarray(v) for p, v in leaves}
+
+
+def test_restoring_initializes_nothing_and_gives_the_checkpointed_values(trained, monkeypatch):
+  workdir = trained[0]
+  # The restore target is abstract (run.abstract_state): nothing of init_state is needed.
+  monkeypatch.setattr(run, "init_state", lambda *args: pytest.fail("restore ran init_state"))
+  _, _, graphdef, state = run.restore_state(workdir)
+  assert int(state["step"]) == 12  # the newest of the checkpoints of steps 4, 8 and 12
+  # The same arrays as orbax reads from the files without any target.
+  raw = ocp.StandardCheckpointer().restore(pathlib.Path(workdir) / "checkpoints" / "12" / "default")
+  restored, expected = _flat(nnx.to_pure_dict(state["params"])), _flat(raw["params"])
+  assert restored.keys() == expected.keys() and len(expected) > 10
+  assert all(np.array_equal(restored[k], expected[k]) for k in expected)
+  assert graphdef is not None
 
 
 def test_export_command_prints_the_summary_and_writes_the_file(trained, tmp_path):
