@@ -13,6 +13,7 @@ processes it waited for (subprocess.run, the notebook's kernel, launched trainin
 over setup, call and teardown. On a shared machine wall times say little; CPU times do.
 """
 
+import fcntl
 import json
 import os
 import pathlib
@@ -38,25 +39,48 @@ def test_config():
   return test.get_config()
 
 
+def _once_per_session(tmp_path_factory, name: str, train) -> tuple[pathlib.Path, dict]:
+  """(workdir, final evaluation) of train(workdir), run once per test session.
+
+  Under xdist each worker has its own session fixtures; the workers of one run share the parent
+  of their temporary folders, so the first worker to ask trains there under a file lock and the
+  others wait and read its result (the xdist_group route broke with pytest 9.2, whose nodes no
+  longer read the `_nodeid` that xdist 3.8 rewrites to group them).
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  workdir, done = root / name, root / f"{name}.json"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not done.exists():
+      shutil.rmtree(workdir, ignore_errors=True)  # what a failed attempt left
+      workdir.mkdir()
+      result = {k: float(v) for k, v in train(workdir).items()}
+      done.write_text(json.dumps(result))
+  return workdir, json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
   """configs/test.py trained straight to its end (12 steps on fake 8x8 data, checkpoints of steps
-  4, 8 and 12): (config, workdir, final evaluation). Shared by the tests that only read it: never
-  write to it.
+  4, 8 and 12): (config, workdir, final evaluation). Shared by the tests that only read it, in
+  every xdist worker: never write to it.
   """
   from bnn_jax import train
   from configs import test
 
   config = test.get_config()
-  workdir = tmp_path_factory.mktemp("tiny_run")
-  return config, workdir, train.train_and_evaluate(config, workdir)
+  run = lambda workdir: train.train_and_evaluate(config, workdir)
+  return (config, *_once_per_session(tmp_path_factory, "tiny_run", run))
 
 
 @pytest.fixture(scope="session")
 def fashion_mnist_small_run(tmp_path_factory):
   """configs/fashion_mnist.py (binary VGG-Small, width 1/4) trained for 1 epoch on the bundled
   Fashion-MNIST subset (78 steps of 128; about 60 s of CPU), evaluated on its 2,000 test images:
-  (config, workdir, final evaluation). Shared by the tests that only read it: never write to it.
+  (config, workdir, final evaluation). Shared by the tests that only read it, in every xdist
+  worker: never write to it.
   """
   from bnn_jax import train
   from configs import fashion_mnist
@@ -64,8 +88,8 @@ def fashion_mnist_small_run(tmp_path_factory):
   config = fashion_mnist.get_config()
   config.data.name = "fashion_mnist_small"  # real images, bundled: runs everywhere
   config.num_epochs = 1.0
-  workdir = tmp_path_factory.mktemp("fashion_mnist_small_run")
-  return config, workdir, train.train_and_evaluate(config, workdir)
+  run = lambda workdir: train.train_and_evaluate(config, workdir)
+  return (config, *_once_per_session(tmp_path_factory, "fashion_mnist_small_run", run))
 
 
 def require_fashion_mnist():

@@ -385,7 +385,6 @@ def test_unknown_op_kind_is_refused(test_config):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fashion_mnist_small_run")  # one worker trains it, once
 def test_trained_fashion_mnist_engine_matches_the_training_evaluation(fashion_mnist_small_run):
   """VGG-Small (width 1/4) trained for an epoch on the bundled Fashion-MNIST subset: the engine's
   top-1 on its 2,000 test images equals train.evaluate's, and every bit of every binary layer's

@@ -19,7 +19,6 @@ ACCURACY_FLOOR = 0.65
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fashion_mnist_small_run")  # one worker trains it, once
 def test_binary_fashion_mnist_learns(fashion_mnist_small_run):
   config, workdir, result = fashion_mnist_small_run
   assert config.model.binary and config.data.name == "fashion_mnist_small"
