@@ -53,6 +53,9 @@ _RULES = {
   "data.tfds_data_dir": (str, _ANY),
   "data.manual_dir": (str, _ANY),
   "data.augment": (str, _choice(*in_memory.AUGMENTATIONS)),
+  "data.cutout": (int, _NON_NEGATIVE),
+  "data.mixup_alpha": (float, _NON_NEGATIVE),
+  "data.cutmix_alpha": (float, _NON_NEGATIVE),
   "data.train_subset": (int, _NON_NEGATIVE),
   "data.fake_image_shape": (tuple, _sizes(3, "height, width, channels")),
   "data.fake_num_classes": (int, _POSITIVE),
@@ -198,6 +201,11 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
       f"config.optimizer.warmup_epochs = {config.optimizer.warmup_epochs} must be less than "
       f"config.num_epochs = {config.num_epochs}"
     )
+  if config.data.mixup_alpha and config.data.cutmix_alpha:
+    raise InputError(
+      f"config.data.mixup_alpha = {config.data.mixup_alpha} and config.data.cutmix_alpha = "
+      f"{config.data.cutmix_alpha} are both > 0; at most one of them may be, the other 0"
+    )
   if config.data.name in ("npz", "mnist") and not config.data.path:
     raise InputError(f"config.data.name {config.data.name!r} needs config.data.path, a folder")
 
@@ -220,6 +228,12 @@ def _check_host_fed(config) -> None:
       f"config.data.eval_resize = {data.eval_resize} must be at least config.data.image_size "
       f"= {data.image_size} (evaluation center-crops image_size from the resized image)"
     )
+  for key in ("cutout", "mixup_alpha", "cutmix_alpha"):
+    if data[key]:
+      raise InputError(
+        f"config.data.{key} = {data[key]} is not supported for host-fed data ({data.name!r}), "
+        f"whose augmentation runs on the hosts; it must be 0"
+      )
   if data.train_subset:
     raise InputError(
       f"config.data.train_subset = {data.train_subset} is not supported for "

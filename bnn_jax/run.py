@@ -63,6 +63,9 @@ ADDED_KEYS = {
   "distill.temperature": 4.0,
   "init.from_workdir": "",
   "steps_per_call": 1,
+  "data.cutout": 0,
+  "data.mixup_alpha": 0.0,
+  "data.cutmix_alpha": 0.0,
 }
 
 

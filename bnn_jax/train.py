@@ -49,17 +49,32 @@ def distillation_loss(
   return temperature**2 * jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
 
 
-def training_loss(logits, labels, teacher_logits, optimizer, distill) -> tuple[jax.Array, dict]:
+def mixed_cross_entropy(logits, labels, smoothing: float = 0.0, mix=None) -> jax.Array:
+  """Per-example cross-entropy [B]; with mix {"labels", "lam"} (mixup, cutmix; in_memory's
+  mix_and_cut) lam * CE(labels) + (1 - lam) * CE(mix["labels"]), each with label smoothing."""
+  if mix is None:
+    return cross_entropy(logits, labels, smoothing)
+  lam = mix["lam"]
+  return lam * cross_entropy(logits, labels, smoothing) + (1 - lam) * cross_entropy(
+    logits, mix["labels"], smoothing
+  )
+
+
+def training_loss(
+  logits, labels, teacher_logits, optimizer, distill, mix=None
+) -> tuple[jax.Array, dict]:
   """(the loss minimized, its parts {"ce", and "kd" with a teacher}), means over the batch.
 
   Without a teacher (teacher_logits None): the cross-entropy against labels smoothed by
   optimizer.label_smoothing. With one, w = distill.weight and T = distill.temperature:
     loss = (1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
-  "ce" is always against the hard labels (comparable between recipes).
+  "ce" is always against the hard labels (comparable between recipes). With mix (mixup or
+  cutmix) every CE is mixed_cross_entropy's, "ce" included; the KD term compares teacher and
+  student on the same mixed images.
   """
   smoothing = optimizer.get("label_smoothing", 0.0)
-  ce = cross_entropy(logits, labels).mean()
-  loss = ce if smoothing == 0 else cross_entropy(logits, labels, smoothing).mean()
+  ce = mixed_cross_entropy(logits, labels, 0.0, mix).mean()
+  loss = ce if smoothing == 0 else mixed_cross_entropy(logits, labels, smoothing, mix).mean()
   if teacher_logits is None:
     return loss, {"ce": ce}
   kd = distillation_loss(logits, teacher_logits, distill.temperature).mean()
@@ -70,7 +85,8 @@ def training_loss(logits, labels, teacher_logits, optimizer, distill) -> tuple[j
 
 
 def make_update(graphdef, tx, schedule, config, spec: DataSpec, teacher_graphdef=None) -> Callable:
-  """update(state, images uint8 [B,H,W,C], labels int [B], teacher=None) -> (state, metrics).
+  """update(state, images uint8 [B,H,W,C], labels int [B], teacher=None, mix=None) -> (state,
+  metrics).
 
   Pure. With config.grad_accum_steps = k > 1 the batch runs as k microbatches one after the
   other (example i in microbatch i % k, so no example changes device) and the update uses the
@@ -80,6 +96,10 @@ def make_update(graphdef, tx, schedule, config, spec: DataSpec, teacher_graphdef
   Distillation: `teacher` is {"params", "rest"} of the model `teacher_graphdef` describes (an
   argument of the jitted step, not donated). Its logits are computed here, in eval mode and
   without gradient, on the same (augmented) images; the loss is training_loss's.
+
+  mix (mixup or cutmix: in_memory.mix_and_cut): None, or {"labels", "lam"} [B], each example's
+  partner label and share; the images then arrive mixed (float32 pixels for mixup). Accuracy
+  counts a prediction lam for the label and 1 - lam for the partner's.
   """
   scale_l2 = config.optimizer.scale_l2
   accum = config.get("grad_accum_steps", 1)
@@ -90,21 +110,27 @@ def make_update(graphdef, tx, schedule, config, spec: DataSpec, teacher_graphdef
     model = nnx.merge(teacher_graphdef, teacher["params"], teacher["rest"])
     return jax.lax.stop_gradient(model(x, train=False).astype(jnp.float32))
 
-  def loss_fn(params, rest, images, labels, teacher):
+  def loss_fn(params, rest, images, labels, mix, teacher):
     # Fresh Variable objects at this trace level: BatchNorm mutates its statistics here.
     rest = jax.tree.map(lambda x: x, rest)
     model = nnx.merge(graphdef, params, rest)
     x = normalize(images, spec)
     logits = model(x, train=True)
     loss, parts = training_loss(
-      logits, labels, teacher_logits(teacher, x), config.optimizer, config.get("distill")
+      logits, labels, teacher_logits(teacher, x), config.optimizer, config.get("distill"), mix
     )
     rest = nnx.split(model, nnx.Param, ...)[2]
-    return loss, (parts, jnp.mean(jnp.argmax(logits, -1) == labels), rest)
+    predicted = jnp.argmax(logits, -1)
+    if mix is None:
+      accuracy = jnp.mean(predicted == labels)
+    else:
+      lam = mix["lam"]
+      accuracy = jnp.mean(lam * (predicted == labels) + (1 - lam) * (predicted == mix["labels"]))
+    return loss, (parts, accuracy, rest)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def accumulated_grad_fn(params, rest, images, labels, teacher):
+  def accumulated_grad_fn(params, rest, images, labels, mix, teacher):
     def microbatches(x):  # [B, ...] -> [k, B/k, ...]
       return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
 
@@ -115,16 +141,16 @@ def make_update(graphdef, tx, schedule, config, spec: DataSpec, teacher_graphdef
 
     carry = (rest, jax.tree.map(jnp.zeros_like, params))
     (rest, grad_sum), (loss, parts, accuracy) = jax.lax.scan(
-      body, carry, (microbatches(images), microbatches(labels))
+      body, carry, jax.tree.map(microbatches, (images, labels, mix))
     )
     grads = jax.tree.map(lambda g: g / accum, grad_sum)
     parts = jax.tree.map(jnp.mean, parts)
     return (loss.mean(), (parts, accuracy.mean(), rest)), grads
 
-  def update(state, images, labels, teacher=None):
+  def update(state, images, labels, teacher=None, mix=None):
     compute = grad_fn if accum == 1 else accumulated_grad_fn
     (loss, (parts, accuracy, rest)), grads = compute(
-      state["params"], state["rest"], images, labels, teacher
+      state["params"], state["rest"], images, labels, mix, teacher
     )
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)

@@ -2,9 +2,9 @@
 
 The datasets come from `bnn_jax.data.sources`. The whole dataset (uint8) is placed on the devices
 once. Per-epoch shuffling, batch selection and augmentation (`augment`: pad-4 random crop and/or
-horizontal flip) then run on the device inside the jitted train step, from the step counter
-alone: nothing to prefetch, nothing to starve, and a resumed run sees exactly the batches it
-would have seen.
+horizontal flip; then, where switched on, `cutout` and one of `mixup` and `cutmix`) then run on
+the device inside the jitted train step, from the step counter alone: nothing to prefetch,
+nothing to starve, and a resumed run sees exactly the batches it would have seen.
 """
 
 import jax
@@ -18,6 +18,7 @@ from bnn_jax.data import DATASETS, DataSpec, summarize
 from bnn_jax.data.sources import load
 
 AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
+SWITCHES = ("cutout", "mixup_alpha", "cutmix_alpha")  # config.data keys of mix_and_cut; 0 = off
 
 
 # ----------------------------------------------------------------------------- on device
@@ -49,6 +50,84 @@ def augment(images: jax.Array, key: jax.Array, kind: str, padding: int = 4) -> j
     return images
   flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1, 1))
   return jnp.where(flip, images[:, :, ::-1, :], images)
+
+
+def cutout(images: jax.Array, key: jax.Array, size: int, fill: jax.Array) -> jax.Array:
+  """Cutout (DeVries & Taylor 2017): per image, a size x size square set to `fill` [C].
+
+  The square's centre is uniform over the image's pixels; the square covers rows and columns
+  [centre - size // 2, centre - size // 2 + size), clipped at the border (so a square near the
+  edge is smaller). The rest of the image is unchanged; dtype and shape are kept.
+  """
+  batch, height, width, _ = images.shape
+  centres = jax.random.randint(key, (batch, 2), 0, jnp.array([height, width]))
+  start = centres - size // 2  # [B, 2]
+  rows = jnp.arange(height)[None, :]
+  cols = jnp.arange(width)[None, :]
+  in_rows = (rows >= start[:, :1]) & (rows < start[:, :1] + size)  # [B, H]
+  in_cols = (cols >= start[:, 1:]) & (cols < start[:, 1:] + size)  # [B, W]
+  square = in_rows[:, :, None, None] & in_cols[:, None, :, None]
+  return jnp.where(square, fill.astype(images.dtype), images)
+
+
+def mixup(images: jax.Array, key: jax.Array, alpha: float):
+  """Mixup (Zhang et al. 2018): (lam * x + (1 - lam) * x[perm] float32, lam, perm).
+
+  lam ~ Beta(alpha, alpha), one per batch; perm a random permutation of the batch (the partner
+  of example i is example perm[i]). Mixed in pixel units (0..255): normalization is affine, so
+  this equals mixing the normalized images.
+  """
+  lam_key, perm_key = jax.random.split(key)
+  lam = jax.random.beta(lam_key, alpha, alpha)
+  perm = jax.random.permutation(perm_key, images.shape[0])
+  x = images.astype(jnp.float32)
+  return lam * x + (1 - lam) * x[perm], lam, perm
+
+
+def cutmix(images: jax.Array, key: jax.Array, alpha: float):
+  """CutMix (Yun et al. 2019): (images with a box pasted from x[perm], lam, perm).
+
+  One box per batch: side ratio sqrt(1 - l) of the image's height and width (rounded down) for
+  l ~ Beta(alpha, alpha), centre uniform over the pixels, clipped at the border. lam is the
+  share of the image left to the original: 1 - (box area after clipping) / (image area). The
+  images keep their dtype (uint8).
+  """
+  lam_key, box_key, perm_key = jax.random.split(key, 3)
+  _, height, width, _ = images.shape
+  share = jax.random.beta(lam_key, alpha, alpha)
+  ratio = jnp.sqrt(1.0 - share)
+  box_h = jnp.floor(height * ratio).astype(jnp.int32)
+  box_w = jnp.floor(width * ratio).astype(jnp.int32)
+  cy, cx = jax.random.randint(box_key, (2,), 0, jnp.array([height, width]))
+  y0, y1 = jnp.clip(cy - box_h // 2, 0, height), jnp.clip(cy + box_h - box_h // 2, 0, height)
+  x0, x1 = jnp.clip(cx - box_w // 2, 0, width), jnp.clip(cx + box_w - box_w // 2, 0, width)
+  rows, cols = jnp.arange(height), jnp.arange(width)
+  box = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+  perm = jax.random.permutation(perm_key, images.shape[0])
+  lam = 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (height * width)
+  return jnp.where(box[None, :, :, None], images[perm], images), lam, perm
+
+
+def mix_and_cut(images, labels, key, data_config, fill):
+  """The switches after crop and flip: (images, mix), mix None or {"labels", "lam"} [B].
+
+  data_config.cutout > 0: `cutout` with the dataset's mean pixel `fill` (which normalization
+  turns into about 0, as the original zeroes normalized images). data_config.mixup_alpha or
+  cutmix_alpha > 0 (at most one, config_checks): `mixup` or `cutmix`; mix holds each example's
+  partner label and lam, for the loss lam * CE(labels) + (1 - lam) * CE(mix["labels"]). Keys:
+  fold_in(key, 1) and fold_in(key, 2), key being the step's (crop and flip use key itself).
+  All off: the images unchanged and mix None.
+  """
+  size = data_config.get("cutout", 0)
+  if size:
+    images = cutout(images, jax.random.fold_in(key, 1), size, jnp.asarray(fill))
+  mixup_alpha = data_config.get("mixup_alpha", 0.0)
+  cutmix_alpha = data_config.get("cutmix_alpha", 0.0)
+  if not (mixup_alpha or cutmix_alpha):
+    return images, None
+  mixer, alpha = (mixup, mixup_alpha) if mixup_alpha else (cutmix, cutmix_alpha)
+  images, lam, perm = mixer(images, jax.random.fold_in(key, 2), alpha)
+  return images, {"labels": labels[perm], "lam": jnp.full(labels.shape, lam, jnp.float32)}
 
 
 def epoch_permutation(epoch: jax.Array, num_examples: int, key: jax.Array) -> jax.Array:
@@ -129,6 +208,7 @@ class InMemoryFeed:
     batch_sharding = NamedSharding(self.mesh, P("data"))
     key = jax.random.key(config.seed)
     steps_per_epoch = num_train // config.batch_size
+    fill = np.round(np.asarray(self.spec.mean) * 255).astype(np.uint8)  # cutout: the mean pixel
     spanned_epochs = (steps_per_call - 1) // steps_per_epoch + 2  # at most, by one call
 
     def one_step(state, data, teacher, perm):
@@ -137,10 +217,11 @@ class InMemoryFeed:
         perm = epoch_permutation(state["step"] // steps_per_epoch, num_train, shuffle_key)
       idx = batch_of_epoch(perm, state["step"], config.batch_size)
       idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
-      images = augment(
-        data["images"][idx], jax.random.fold_in(augment_key, state["step"]), config.data.augment
-      )
-      return update(state, images, data["labels"][idx], teacher)
+      step_key = lambda: jax.random.fold_in(augment_key, state["step"])
+      images, mix = augment(data["images"][idx], step_key(), config.data.augment), None
+      if any(config.data.get(k, 0) for k in SWITCHES):  # off: the program traced before them
+        images, mix = mix_and_cut(images, data["labels"][idx], step_key(), config.data, fill)
+      return update(state, images, data["labels"][idx], teacher, mix)
 
     def train_steps(state, data, teacher, steps):
       shuffle_key = jax.random.split(key)[0]
