@@ -53,7 +53,9 @@ def errors(size, cin, cout, binary_input, seed):
   g = jax.random.normal(kg, (FLAGS.batch_size, size, size, cout), jnp.float64)
 
   def lax_grad(x, g):
-    conv_w = lambda w: jax.lax.conv_general_dilated(x, w, (1, 1), pads, None, None, conv.DIMENSION_NUMBERS)
+    conv_w = lambda w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), pads, None, None, conv.DIMENSION_NUMBERS
+    )
     w = jnp.zeros((3, 3, cin, cout), x.dtype)
     return jax.linear_transpose(conv_w, w)(g)[0]
 
