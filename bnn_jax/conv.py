@@ -219,6 +219,12 @@ def _conv_bwd(strides, pads, groups, residuals, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _sum_type(dtype):
+  """The products' accumulator: float32 for bfloat16 and float32 inputs (bfloat16 sums would
+  lose the gradient's small terms), the input's own type when wider (float64 stays float64)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def _im2col(x, window, strides, pads, out_hw):
   """[N*Ho*Wo, kh*kw, C]: for every output pixel, the input each kernel tap (HWIO order) sees."""
   (sh, sw), (ho, wo) = strides, out_hw
@@ -265,16 +271,18 @@ def _kernel_grad_im2col(x, g, kernel_shape, strides, pads, groups):
   og = cout // groups
   chunk = _chunk_images(n, ho * wo * kh * kw * x.shape[3] * x.dtype.itemsize)
 
-  def chunk_grad(xc, gc):  # -> [G, og, kh*kw, cg], float32
+  sums = _sum_type(x.dtype)
+
+  def chunk_grad(xc, gc):  # -> [G, og, kh*kw, cg]
     cols = _im2col(xc, (kh, kw), strides, pads, (ho, wo))
     pixels = (((0,), (0,)), ((), ()))
     if groups == 1:  # a plain matrix product: [og, M] [M, kh*kw*cg]
       gm, cols = gc.reshape(-1, og), cols.reshape(cols.shape[0], -1)
-      dw = lax.dot_general(gm, cols, pixels, preferred_element_type=jnp.float32)
+      dw = lax.dot_general(gm, cols, pixels, preferred_element_type=sums)
       return dw.reshape(1, og, kh * kw, cg)
     gm, cols = gc.reshape(-1, groups, og), cols.reshape(cols.shape[0], kh * kw, groups, cg)
     dims = (pixels[0], ((1,), (2,)))  # contract pixels, batch over groups
-    return lax.dot_general(gm, cols, dims, preferred_element_type=jnp.float32)
+    return lax.dot_general(gm, cols, dims, preferred_element_type=sums)
 
   dw = _sum_over_chunks(chunk_grad, x, g, chunk)
   return dw.transpose(2, 3, 0, 1).reshape(kernel_shape)
@@ -301,7 +309,7 @@ def _kernel_grad_winograd(x, g, pads):
   def chunk_grad(xc, gc):  # -> [36, Cin, Cout]
     v, m = winograd.input_tiles(xc, (th, tw)), winograd.output_grad_tiles(gc)
     dims = (((1,), (1,)), ((0,), (0,)))  # contract tiles, batch over the 36 points
-    return lax.dot_general(v, m, dims, preferred_element_type=jnp.float32)
+    return lax.dot_general(v, m, dims, preferred_element_type=_sum_type(x.dtype))
 
   du = _sum_over_chunks(chunk_grad, xp, gp, chunk).reshape(a, a, cin, cout)
   return winograd.kernel_from_tiles(du)
@@ -322,7 +330,7 @@ def _input_grad_strided_1x1(g, kernel, x_shape, strides, pads, groups):
   cg, og = kernel.shape[2], cout // groups
   g3, w = g.reshape(n * ho * wo, groups, og), kernel.reshape(cg, groups, og)
   dims = (((2,), (2,)), ((1,), (1,)))  # contract output channels, batch over groups
-  cols = lax.dot_general(g3, w, dims, preferred_element_type=jnp.float32)  # [G, M, cg]
+  cols = lax.dot_general(g3, w, dims, preferred_element_type=_sum_type(g.dtype))  # [G, M, cg]
   cols = cols.transpose(1, 0, 2).reshape(n, ho, wo, groups * cg).astype(g.dtype)
   # Interior padding spreads the rows/columns to the stride; negative edges drop the padding.
   (pt, _), (pl, _) = pads

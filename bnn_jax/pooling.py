@@ -1,17 +1,19 @@
 """2x2 stride-2 max-pool whose gradient is cheap on the CPU backend.
 
-`max_pool_2x2(x)` is `nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")` (NHWC), the
-same numbers forward and backward. Its gradient goes to the first maximum of each window in
-row-major order (top-left, top-right, bottom-left, bottom-right), as XLA's select-and-scatter
-does for `lax.reduce_window`'s max; ties (frequent in binary nets, whose conv outputs take few
-values) resolve the same way.
+`max_pool_2x2(x)` is `nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")` (NHWC), bit
+for bit forward and backward, NaN, +-inf and +-0 included. Its gradient goes where XLA's
+select-and-scatter sends `lax.reduce_window` max's: it walks each window in row-major order
+(top-left, top-right, bottom-left, bottom-right), keeping the element it holds where that is >=
+the next one and taking the next one otherwise. So ties (frequent in binary nets, whose conv
+outputs take few values) send the gradient to the first maximum, and in a window holding a NaN
+it goes to the element the walk ends on (not necessarily the NaN: the 2 of [NaN, 1, 2, 0]).
 
 Why: on XLA:CPU the gradient of `lax.reduce_window` max is a variadic reduce-window that carries
 an int32 index array per dimension (four of the input's size) and a scatter; in VGG-Small's
 train step at batch 64 that took about 200 ms of CPU time a step (profiled, 2-core AMD EPYC,
 2026-11-26). Here the windows do not overlap, so the forward pass is a reshape and a max over
-two axes, and the backward pass four elementwise comparisons, all fused. On GPU and TPU
-`max_pool_2x2` is `nnx.max_pool` unchanged.
+two axes, and the backward pass that walk (three comparisons) and four selects, all fused. On
+GPU and TPU `max_pool_2x2` is `nnx.max_pool` unchanged.
 """
 
 import jax
@@ -39,22 +41,22 @@ def _pool(x: jax.Array) -> jax.Array:
 
 
 def _pool_fwd(x):
-  y = _pool(x)
-  return y, (x, y)
+  return _pool(x), x
 
 
-def _pool_bwd(residuals, g):
-  x, y = residuals
+def _pool_bwd(x, g):
+  # XLA's select-and-scatter for reduce_window's max walks each window in row-major order and
+  # moves to the next element unless the one it holds is >= it. So ties keep the first maximum,
+  # and a NaN (never >= nor <= anything) is taken when met and left for the next element.
   windows = _windows(x)
-  taken = jnp.zeros(y.shape, bool)
-  rows = []
-  for i in range(2):
-    row = []
-    for j in range(2):
-      first = (windows[:, :, i, :, j] == y) & ~taken  # the first maximum in row-major order
-      taken = taken | first
-      row.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
-    rows.append(jnp.stack(row, axis=3))  # [N, H/2, W/2, 2, C]
+  taps = [windows[:, :, i, :, j] for i in range(2) for j in range(2)]  # [N, H/2, W/2, C] each
+  best, pick = taps[0], jnp.zeros(g.shape, jnp.int8)
+  for k in range(1, 4):
+    move = ~(best >= taps[k])
+    best, pick = jnp.where(move, taps[k], best), jnp.where(move, jnp.int8(k), pick)
+  zero = jnp.zeros((), g.dtype)
+  grads = [jnp.where(pick == k, g, zero) for k in range(4)]
+  rows = [jnp.stack(grads[2 * i : 2 * i + 2], axis=3) for i in range(2)]  # [N, H/2, W/2, 2, C]
   return (jnp.stack(rows, axis=2).reshape(x.shape),)  # [N, H/2, 2, W/2, 2, C] -> NHWC
 
 

@@ -223,3 +223,47 @@ def test_vgg_small_gradients_equal_with_and_without_matmul_gradients(binary, mon
   ours, reference = grads(True), grads(False)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "name", ["vgg_3x3_winograd", "resnet_1x1_s2_downsample", "grouped_3x3_s2", "valid_3x3_s2"]
+)
+def test_float64_gradients_keep_float64_precision(name):
+  # The products accumulate in the inputs' type where it is wider than float32 (float32 sums
+  # left 1.6e-8 to 9.5e-8 relative error here); enable_x64 is undone when the block exits.
+  x_shape, w_shape, strides, padding, groups = LAYERS[name]
+  with jax.enable_x64(True):
+    x, w = _inputs(x_shape, w_shape, jnp.float64)
+    ref = lambda x, w: _reference(x, w, strides, padding, groups)
+    ours = lambda x, w: conv.conv2d(x, w, strides, padding, groups, matmul_gradients=True)
+    cotangent = jax.random.normal(jax.random.key(1), ref(x, w).shape, jnp.float64)
+    expected = _value_and_grads(ref, x, w, cotangent)
+    actual = _value_and_grads(ours, x, w, cotangent)
+    pads = conv._explicit_padding(padding, x_shape[1:3], w_shape[:2], (strides, strides))
+    if winograd.applies(w_shape, (strides, strides), groups, jnp.float32, actual[0].shape[1:3]):
+      actual += (conv._kernel_grad_winograd(x, cotangent, pads),)  # float32 only in conv2d
+      expected += (expected[2],)
+    for a, e in zip(actual, expected):
+      assert a.dtype == jnp.float64
+      assert np.abs(np.asarray(a) - e).max() <= 1e-13 * np.abs(np.asarray(e)).max(), name
+  assert jnp.zeros(()).dtype == jnp.float32  # x64 did not leak
+
+
+# Measured by benchmarks/winograd_error.py (batch 16) on every layer that takes Winograd: at most
+# WINOGRAD_ERROR of the largest entry (the docstring of bnn_jax.conv has the figures).
+WINOGRAD_ERROR = 3e-5
+
+
+@pytest.mark.parametrize("binary_input", [False, True])
+def test_winograd_float32_kernel_gradient_error_within_the_stated_bound(binary_input):
+  # A scaled-down VGG-Small layer (16x16, 32 -> 64 channels); the reference in float64.
+  with jax.enable_x64(True):
+    x, _ = _inputs((4, 16, 16, 32), (3, 3, 32, 64), jnp.float64)
+    x = jnp.sign(x) if binary_input else x
+    g = jax.random.normal(jax.random.key(6), (4, 16, 16, 64), jnp.float64)
+    pads = ((1, 1), (1, 1))
+    reference = np.asarray(conv._kernel_grad_im2col(x, g, (3, 3, 32, 64), (1, 1), pads, 1))
+  dw = conv._kernel_grad_winograd(jnp.float32(x), jnp.float32(g), pads)
+  assert dw.dtype == jnp.float32
+  error = np.abs(np.float64(dw) - reference).max() / np.abs(reference).max()
+  assert 1e-8 < error <= WINOGRAD_ERROR  # float32 rounding, within the bound
