@@ -20,9 +20,9 @@ What a signal does depends on where the run is:
 Several processes (bnn_jax.distributed) agree on the step to stop at (`agreed`, a collective at
 the steps where the loop logs, evaluates or saves), so every process saves the same step.
 
-Test hook: BNN_JAX_TEST_HOLD=step:N holds the loop after step N, BNN_JAX_TEST_HOLD=seal:N holds
-the sealing of checkpoint N, each until a signal arrives (tests/test_signals.py: a signal at a
-known moment without sleeping).
+Test hook: BNN_JAX_TEST_HOLD=step:N holds the loop after step N, =seal:N the sealing of checkpoint
+N (a save in progress), each until the next signal; several, comma-separated. Tests signal at
+a known moment without sleeping (tests/test_signals.py).
 """
 
 import contextlib
@@ -53,6 +53,7 @@ class EvaluationAbandoned(Exception):  # noqa: N818
 # watcher's decisions are serialized by this lock.
 _lock = threading.RLock()
 _requested = threading.Event()
+_signalled = threading.Condition(_lock)  # for `hold`
 _installed = False
 _signals: list[int] = []
 # Where a signal leaves at once: returns the line to print (None: the loop handles the signal).
@@ -94,6 +95,7 @@ def _received(signum: int) -> None:
     if _leave_now is not None:
       leave(_leave_now(), signum=signum)
     _requested.set()
+    _signalled.notify_all()
 
 
 def requested() -> bool:
@@ -246,8 +248,11 @@ def sealed_checkpoint(workdir) -> int | None:
 
 
 def hold(kind: str, step: int) -> None:
-  """Waits for a signal when BNN_JAX_TEST_HOLD is `kind:step` (tests only), saying so first."""
-  if os.environ.get(HOLD_ENV) != f"{kind}:{step}":
+  """Tests only: where BNN_JAX_TEST_HOLD (comma-separated) holds `kind:step`, says so on stderr
+  and waits for the next signal."""
+  if f"{kind}:{step}" not in os.environ.get(HOLD_ENV, "").split(","):
     return
-  print(f"{HOLD_ENV}: holding at {kind} {step} until a signal", file=sys.stderr, flush=True)
-  _requested.wait()
+  with _signalled:
+    seen = len(_signals)
+    print(f"{HOLD_ENV}: holding at {kind} {step} until a signal", file=sys.stderr, flush=True)
+    _signalled.wait_for(lambda: len(_signals) > seen)

@@ -304,14 +304,12 @@ def _train(config, workdir: pathlib.Path, feed, mesh, sources) -> dict[str, floa
           _log_eval(metrics_log, done, done / steps_per_epoch, result)
         except interrupts.EvaluationAbandoned:  # one process only; evaluated again on resume
           stopping = True
-      # A request during the evaluation: the others see it at the next sync point.
-      stopping = stopping or (evaluate_now and interrupts.agreed(at_sync_point=False))
-      if save_now or (stopping and done != last_good):
+        stopping = stopping or interrupts.agreed(at_sync_point=False)  # asked while evaluating
+      saved_now = save_now or (stopping and done != last_good)
+      if saved_now:
         _save(manager, state, done, last_good)
-        last_good, saved_now = done, True
-      else:
-        saved_now = False
-      if stopping:
+        last_good = done
+      if stopping or interrupts.agreed(at_sync_point=False):  # or asked while saving
         _stop(manager, done, stop, saved_now)
       if evaluate_now or save_now:
         progress.pause()
