@@ -37,7 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from bnn_jax import distributed
+from bnn_jax import distributed, interrupts
 from bnn_jax.checksums import damage, seal
 from bnn_jax.errors import InputError
 
@@ -267,6 +267,7 @@ class Checkpoints:
   def _seal_when_written(self, step: int) -> None:
     try:
       self.manager.wait_until_finished()  # orbax raises a failed background write here
+      interrupts.hold("seal", step)  # tests: a signal while a save is in progress
       if jax.process_index() == 0:
         seal(self.directory / str(step))
     except BaseException as e:  # reported by the training thread, in _finish

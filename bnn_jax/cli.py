@@ -23,6 +23,7 @@ import traceback
 import ml_collections
 from absl import app, flags
 
+from bnn_jax import interrupts
 from bnn_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -45,13 +46,17 @@ def define_config_flag(help_text: str = "A config file from configs/.") -> None:
   )
 
 
-def run(main, *, with_config: bool = False) -> None:
+def run(main, *, with_config: bool = False, stops_on_signals: bool = False) -> None:
   """absl's app.run(main) with one sentence and status 2 for bad flags and InputError.
 
   with_config: the program has a --config flag (define_config_flag); its overrides are split
   off before absl parses the other flags, and main is called as main(argv, config).
+  stops_on_signals: Ctrl-C and SIGTERM stop the program with one line and status 130 or 143
+  (bnn_jax.interrupts; training stops at a step boundary and saves).
   """
   overrides: list[tuple[str, str | None]] = []
+  if stops_on_signals:  # first: before any thread starts
+    interrupts.install(interrupts.starting_words)
 
   def parse_flags(argv):
     rest, found = split_overrides(argv) if with_config else (argv, [])
@@ -68,6 +73,8 @@ def run(main, *, with_config: bool = False) -> None:
       return main(argv)
     except InputError as e:
       fail(e)
+    except interrupts.Stopped as e:
+      interrupts.leave(e.message)
 
   app.run(guarded_main, flags_parser=parse_flags)
 

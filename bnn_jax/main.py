@@ -7,11 +7,13 @@ Several processes (launch/): the same command on every process; add --coordinato
 Bad input (a config, a flag, a data file, the workdir) ends the program with one sentence on
 stderr and exit status 2 (bnn_jax.cli); the config file, its overrides and the workdir are
 checked before jax is imported.
+Ctrl-C or SIGTERM: one line on stderr, status 130 or 143; once a step has finished, the run
+saves a checkpoint of the step it reached, and the same command resumes (bnn_jax.interrupts).
 """
 
 from absl import flags, logging
 
-from bnn_jax import cli
+from bnn_jax import cli, interrupts
 from bnn_jax.errors import InputError
 from bnn_jax.logs import quiet_library_logs
 
@@ -39,6 +41,8 @@ def main(argv, config):
       f"unexpected arguments {' '.join(argv[1:])!r}; settings are flags, e.g. --config.KEY=VALUE"
     )
   cli.check_workdir(FLAGS.workdir)
+  interrupts.leave_now_with(interrupts.before_training_words(FLAGS.workdir))
+  interrupts.watch_workdir(FLAGS.workdir)
   quiet_library_logs()
   # Import after flag parsing: jax picks up XLA_FLAGS and the platform when first imported.
   from bnn_jax import config_checks, distributed
@@ -64,4 +68,4 @@ def main(argv, config):
 
 
 if __name__ == "__main__":
-  cli.run(main, with_config=True)
+  cli.run(main, with_config=True, stops_on_signals=True)

@@ -16,7 +16,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from bnn_jax import config_checks, layers, optim, run, warm_start
+from bnn_jax import config_checks, distributed, interrupts, layers, optim, run, warm_start
 from bnn_jax.checkpointing import Checkpoints
 from bnn_jax.data import DataSpec, in_memory, normalize, open_feed
 from bnn_jax.progress import NonFiniteLossError, Progress, kept
@@ -235,7 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run.check_model_fits(config, feed.spec)
   sources = _open_sources(config, workdir, feed)  # bad teacher or stage-1 folders fail here
   with run.locked(workdir):
-    run.prepare_workdir(workdir, config, feed.spec)
+    with interrupts.critical():  # a signal must not cut config.json short
+      run.prepare_workdir(workdir, config, feed.spec)
     return _train(config, workdir, feed, mesh, sources)
 
 
@@ -303,24 +304,39 @@ def _train(config, workdir: pathlib.Path, feed, mesh, sources) -> dict[str, floa
   train_step = _train_step(feed, update, start, teacher, config)
   evaluate = feed.evaluator(make_eval_sums(graphdef, feed.spec))
   metrics_log = run.MetricsLog(workdir)
-  metrics_log.start_at(start)
+  with interrupts.critical():  # rewrites metrics.jsonl
+    metrics_log.start_at(start)
   progress, result = Progress(config, start, stop, metrics_log), {}
   progress.announce(config, feed.num_train, steps_per_epoch, total_steps)
+  if _evaluation_missing(metrics_log, start, eval_every, stop):  # left by a stop (interrupts)
+    result = evaluate(state)
+    _log_eval(metrics_log, start, start / steps_per_epoch, result)
   periods = (config.log_every_steps, eval_every, config.checkpoint_every_steps)
   try:
     for steps, done in call_plan(start, stop, periods, config.steps_per_call):
       state, metrics = train_step(state, steps)
       progress.add(done, metrics, steps)
+      interrupts.training_started()
+      interrupts.hold("step", done)
       evaluate_now = done % eval_every == 0 or done == stop
       save_now = done % config.checkpoint_every_steps == 0 or done == stop
-      if done % config.log_every_steps == 0 or evaluate_now or save_now:
+      log_now = done % config.log_every_steps == 0 or evaluate_now or save_now
+      stopping = interrupts.agreed(at_sync_point=log_now)
+      if log_now or stopping:
         progress.flush(last_good)
-      if evaluate_now:
-        result = evaluate(state)
-        _log_eval(metrics_log, done, done / steps_per_epoch, result)
-      if save_now:
+      if evaluate_now and not stopping:
+        try:
+          result = evaluate(state)
+          _log_eval(metrics_log, done, done / steps_per_epoch, result)
+        except interrupts.EvaluationAbandoned:  # one process only; evaluated again on resume
+          stopping = True
+        stopping = stopping or interrupts.agreed(at_sync_point=False)  # asked while evaluating
+      saved_now = save_now or (stopping and done != last_good)
+      if saved_now:
         _save(manager, state, done, last_good)
         last_good = done
+      if stopping or interrupts.agreed(at_sync_point=False):  # or asked while saving
+        _stop(manager, done, stop, saved_now)
       if evaluate_now or save_now:
         progress.pause()
   finally:  # an error must not lose the checkpoint being written
@@ -329,6 +345,23 @@ def _train(config, workdir: pathlib.Path, feed, mesh, sources) -> dict[str, floa
     result = evaluate(state)
   manager.close()
   return result
+
+
+def _evaluation_missing(metrics_log, start: int, eval_every: int, stop: int) -> bool:
+  """Whether step `start` (resumed from) should have been evaluated and was not: a stop skipped
+  or abandoned it. Any process's view counts (metrics.jsonl is written by process 0)."""
+  if not start or (start % eval_every and start != stop):
+    return False
+  rows = metrics_log.read()
+  missing = not any(r.get("step") == start and "eval/accuracy" in r for r in rows)
+  return interrupts.any_process(missing)
+
+
+def _stop(manager, done: int, stop: int, saved_now: bool) -> None:
+  """Ends the loop for a signal: every save written and sealed, every process past it."""
+  manager.wait_until_finished()
+  distributed.sync_processes("bnn_jax.interrupts.stopped")
+  raise interrupts.Stopped(interrupts.stopped_words(done, stop, saved_now))
 
 
 def _train_step(feed, update, start: int, teacher, config) -> Callable:

@@ -15,6 +15,8 @@ from typing import Protocol
 import jax
 import jax.numpy as jnp
 
+from bnn_jax import interrupts
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -104,9 +106,13 @@ class Feed(Protocol):
 
 
 def summarize(batch_sums) -> dict[str, float]:
-  """Adds up per-batch {"correct", "loss", "count"} sums; accuracy and mean loss."""
+  """Adds up per-batch {"correct", "loss", "count"} sums; accuracy and mean loss.
+
+  A stop requested by a signal abandons it between batches (interrupts.EvaluationAbandoned).
+  """
   sums = None
   for out in batch_sums:
+    interrupts.check_evaluation()
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   return {
