@@ -2,7 +2,7 @@
 
 python -m launch.multi_run --runs=RUNS.csv --root=DIR [--parallel=2] [--budget_s=540] \
   [--results=DIR/results.csv] [--epochs_csv=DIR/epochs.csv] [--skip_csv=FILE ...] \
-  [--only=NAME,...] [-- --config.KEY=VALUE ...]
+  [--only=NAME,...] [--check] [-- --config.KEY=VALUE ...]
 
 RUNS.csv lists the runs, one line each (blank lines and lines starting with # are skipped;
 launch/run_list.py reads and checks it):
@@ -25,8 +25,9 @@ holds result.json); until then independent runs take the free places. Where the 
 diverged, was skipped or did not finish in the budget, the run is skipped: a printed line and a
 results row with status `skipped` and the reason; the other runs go on. The list is checked
 before anything starts: a malformed line, an unknown source, a run that names itself, a cycle
-of sources -> one sentence naming the row, exit 2. estimate_s (seconds each run adds to the
-call) is added up and printed at the start, with the longest chain's.
+of sources -> one sentence naming the row, exit 2 (--check: only that, and the estimate).
+estimate_s (seconds each run adds to the call) is added up and printed at the start, with the
+longest chain's.
 
 Each (name, seed) trains in DIR/NAME/seed_SEED as `python -m bnn_jax.main` in its own process,
 PARALLEL of them at a time on this machine's one device, each with a share of the accelerator's
@@ -341,6 +342,9 @@ def parse_args(argv=None):
   )
   parser.add_argument("--only", default="", help="comma-separated run names to run")
   parser.add_argument("--device", help="the device column (default: asked of JAX)")
+  parser.add_argument(
+    "--check", action="store_true", help="only read and check the list, print its estimate"
+  )
   parser.add_argument("--poll_s", type=float, default=1.0, help=argparse.SUPPRESS)
   parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then flags for every run")
   args = parser.parse_args(argv)
@@ -365,6 +369,9 @@ def main(argv=None) -> int:
     print(f"error: --only names {unknown[0]!r}, which is not in {args.runs}", file=sys.stderr)
     return 2
   runs = [r for r in runs if not only or r.name in only]
+  if args.check:
+    print(f"run list {args.runs}: {len(runs)} runs; {describe_estimate(runs, args.parallel)}")
+    return 0
   return Launcher(args, runs, extra).run()
 
 
