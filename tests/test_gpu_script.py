@@ -186,9 +186,9 @@ def test_result_row_reads_the_runs_metrics(tmp_path):
 # ----------------------------------------------------------------------------- the GPU script
 
 
-def gpu_run(tmp_path, runs: str, out: str, budget_s: int, **more_env):
+def gpu_run(tmp_path, runs: str, out: str, budget_s: int, header=None, **more_env):
   """Runs launch/gpu_run.sh on CPU with tiny runs; returns (process, seconds, log text)."""
-  (tmp_path / "runs.csv").write_text("name,config,overrides,seeds,epochs\n" + runs)
+  (tmp_path / "runs.csv").write_text((header or "name,config,overrides,seeds,epochs") + "\n" + runs)
   env = dict(
     os.environ,
     PYTHON=sys.executable,
@@ -279,3 +279,40 @@ def test_gpu_script_runs_two_at_once_skips_finished_runs_and_stops_in_its_budget
   assert metrics_a.stat().st_mtime_ns == before
   rows = csv_rows(tmp_path / "out2" / "gpu_runs.csv")
   assert [r["name"] for r in rows] == ["run_b"]  # not the committed run_a, not the stopped long
+
+
+def test_gpu_script_help_prints_the_usage_and_starts_nothing(tmp_path):
+  env = dict(os.environ, OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"))
+  script = str(ROOT / "launch" / "gpu_run.sh")
+  for flag in ("--help", "-h"):
+    out = subprocess.run(["bash", script, flag], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("One GPU, one call:") and "PROFILE (0)" in out.stdout
+    assert "launch/gpu_run.sh --help" in out.stdout and "#" not in out.stdout.split("\n", 1)[0]
+  assert list(tmp_path.iterdir()) == []  # no gpu_out, no gpu_work
+  out = subprocess.run(["bash", script, "--halp"], env=env, capture_output=True, text=True)
+  assert out.returncode == 2 and "unknown option --halp" in out.stderr
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_script_refuses_a_bad_run_list_before_installing_or_decoding(tmp_path):
+  jpeg_pair(tmp_path / "jpeg")
+  header = ",".join(run_list.COLUMNS)
+  first, _, log = gpu_run(tmp_path, "a,configs/test.py,,0,1,,a\n", "out", 100, header=header)
+  assert first.returncode == 2, log[-3000:]
+  assert "run 1 (a): its init_from is the run itself" in log
+  assert not (tmp_path / "decoded").exists()
+
+
+@pytest.mark.slow
+def test_gpu_script_profile_writes_the_step_tables(tmp_path):
+  from tests.test_profile_step import check_profile
+
+  jpeg_pair(tmp_path / "jpeg")
+  shrink = "--config.model.width=0.0625 --batch_size=2 --steps=2 --warmup=1"
+  done, _, log = gpu_run(tmp_path, "", "out", budget_s=500, PROFILE="1", PROFILE_FLAGS=shrink)
+  assert done.returncode == 0, log[-3000:]
+  for variant in ("binary", "float"):
+    check_profile(tmp_path / "out" / f"profile_{variant}.txt", variant, batch=2, steps=2)
+    assert f"({variant}), model vgg_small width 0.0625" in log  # its head in gpu_run.log
+  assert "0 runs in the list" in log
