@@ -1,234 +1,82 @@
-"""Several training runs at once on one device, resumably, into one CSV of results.
+"""Several training runs at once on one device, resumably, chained, into one CSV of results.
 
 python -m launch.multi_run --runs=RUNS.csv --root=DIR [--parallel=2] [--budget_s=540] \
   [--results=DIR/results.csv] [--epochs_csv=DIR/epochs.csv] [--skip_csv=FILE ...] \
-  [--only=NAME,...] [-- --config.KEY=VALUE ...]
+  [--only=NAME,...] [--check] [-- --config.KEY=VALUE ...]
 
-RUNS.csv lists the runs, one line each (blank lines and lines starting with # are skipped):
+RUNS.csv lists the runs, one line each (blank lines and lines starting with # are skipped;
+launch/run_list.py reads and checks it):
 
-  name,config,overrides,seeds,epochs
-  binary_default,configs/vgg_small.py,,0,200
+  name,config,overrides,seeds,epochs,teacher,init_from,estimate_s
+  binary_default,configs/vgg_small.py,,0,200,,,250
   xnor,configs/vgg_small.py,binary.weight_scale=mean_abs optimizer.scale_l2=0.0,0 1,40
+  float,configs/vgg_small_fp.py,,0,60
+  kd,configs/vgg_small_kd.py,,0,60,float
 
 overrides: space-separated KEY=VALUE config overrides; seeds: space-separated seeds (default 0);
-epochs: config.num_epochs (empty: the config's). Flags after `--` go to every run.
+epochs: config.num_epochs (empty: the config's); the last three columns may be left out (old
+5-column lists work as before). Flags after `--` go to every run.
+
+Chains: teacher (init_from) names another run of the list whose workdir this run gets as
+--config.distill.teacher_workdir (--config.init.from_workdir). Run (NAME, SEED) reads the
+source's run of the same seed where the source has it, else the source's only seed. It starts
+only when that run has finished with status done (in this call or an earlier one: its workdir
+holds result.json); until then independent runs take the free places. Where the source failed,
+diverged, was skipped or did not finish in the budget, the run is skipped: a printed line and a
+results row with status `skipped` and the reason; the other runs go on. The list is checked
+before anything starts: a malformed line, an unknown source, a run that names itself, a cycle
+of sources -> one sentence naming the row, exit 2 (--check: only that, and the estimate).
+estimate_s (seconds each run adds to the call) is added up and printed at the start, with the
+longest chain's.
 
 Each (name, seed) trains in DIR/NAME/seed_SEED as `python -m bnn_jax.main` in its own process,
 PARALLEL of them at a time on this machine's one device, each with a share of the accelerator's
 memory (XLA_PYTHON_CLIENT_MEM_FRACTION = --memory/PARALLEL). The GPU time-slices between their
 kernels: runs at once gain where one run alone leaves it idle (benchmarks/end_to_end.py measures
 it). Resuming: a run whose workdir holds result.json, or whose (name, seed) is a row of a
---skip_csv file, is skipped; an interrupted run resumes from its last checkpoint (bnn_jax does
-that). With --budget_s, no run starts when less than --min_start_s is left, and at the end of
-the budget the runs still going are stopped (they resume from their last checkpoint next time).
+--skip_csv file (rows with status skipped aside), is not run again (a dependent run can start
+from it); an interrupted run resumes from its last checkpoint (bnn_jax does that). With
+--budget_s, no run starts when less than --min_start_s is left, and at the end of the budget the
+runs still going are stopped (they resume from their last checkpoint next time).
 
 Written for each finished run: WORKDIR/result.json and WORKDIR/test_accuracy.csv (one row per
 evaluation: epoch, step, test accuracy and loss, from metrics.jsonl), and a row of --results:
-name, config, overrides, seed, status (done; diverged: the loss or the parameters became NaN),
-test accuracy (the last evaluation), best test accuracy, epochs, steps, wall time (all its
-processes), images/s (median of its log windows), device, data. --epochs_csv collects the
-evaluations of every run of the list that has any, finished or not. Nothing here imports JAX:
-the launcher holds no accelerator memory.
+name, config, overrides, seed, status (done; diverged: the loss or the parameters became NaN;
+skipped), test accuracy (the last evaluation), best test accuracy, epochs, steps, wall time (all
+its processes), images/s (median of its log windows), device, data, sources (teacher=NAME/seed_S
+init_from=...), reason (why a run was skipped). --epochs_csv collects the evaluations of every
+run of the list that has any, finished or not. Nothing here imports JAX: the launcher holds no
+accelerator memory.
 """
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
 import pathlib
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-RESULT_COLUMNS = (
-  "name",
-  "config",
-  "overrides",
-  "seed",
-  "status",
-  "test_accuracy",
-  "best_test_accuracy",
-  "epochs",
-  "steps",
-  "wall_s",
-  "images_per_sec",
-  "device",
-  "data",
+from launch.run_list import SOURCE_COLUMNS, Run, RunListError, describe_estimate, read_runs
+from launch.run_results import (
+  EPOCH_COLUMNS,
+  RESULT_COLUMNS,
+  evaluations,
+  finished_keys,
+  read_csv,
+  read_metrics,
+  result_row,
+  write_csv,
 )
-EPOCH_COLUMNS = ("epoch", "step", "test_accuracy", "test_loss")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULT_FILE = "result.json"
 STATE_FILE = "multi_run.json"  # wall seconds of the run's processes so far
 DIVERGED = ("the training loss became", "the parameters became NaN or infinite")
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """One training run of the list: a config file, its overrides, a seed, optionally epochs."""
-
-  name: str
-  config: str
-  overrides: tuple[str, ...]
-  seed: int
-  epochs: float | None
-
-  @property
-  def key(self) -> tuple[str, str]:
-    return (self.name, str(self.seed))
-
-  def workdir(self, root: pathlib.Path) -> pathlib.Path:
-    return root / self.name / f"seed_{self.seed}"
-
-  def command(self, root: pathlib.Path, extra: list[str]) -> list[str]:
-    """The bnn_jax.main command line of this run."""
-    argv = [sys.executable, "-m", "bnn_jax.main", f"--config={self.config}"]
-    argv += [f"--workdir={self.workdir(root)}", f"--config.seed={self.seed}"]
-    if self.epochs is not None:
-      argv.append(f"--config.num_epochs={self.epochs}")
-    return argv + list(extra) + [f"--config.{o}" for o in self.overrides]  # its own last: they win
-
-
-# ----------------------------------------------------------------------------- the list
-
-
-def read_runs(path) -> list[Run]:
-  """The runs of a run list file (see the module docstring); SystemExit names a bad line."""
-  path = pathlib.Path(path)
-  try:
-    lines = path.read_text().splitlines()
-  except OSError as e:
-    raise SystemExit(f"error: run list {path} cannot be read ({e.strerror})") from e
-  kept = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
-  rows = list(csv.DictReader(io.StringIO("\n".join(kept)), skipinitialspace=True))
-  runs = []
-  for number, row in enumerate(rows, start=2):
-    runs.extend(_runs_of(row, f"{path}, run {number - 1}"))
-  keys = [r.key for r in runs]
-  repeated = sorted({k for k in keys if keys.count(k) > 1})
-  if repeated:
-    raise SystemExit(f"error: run list {path} repeats (name, seed) {repeated[0]}")
-  return runs
-
-
-def _runs_of(row: dict, where: str) -> list[Run]:
-  missing = [c for c in ("name", "config") if not (row.get(c) or "").strip()]
-  if missing or None in row:
-    raise SystemExit(
-      f"error: {where}: a line needs name,config[,overrides,seeds,epochs] "
-      f"(missing {', '.join(missing) or 'nothing'}, or too many fields: quote commas)"
-    )
-  name, config = row["name"].strip(), row["config"].strip()
-  if not all(c.isalnum() or c in "._-" for c in name):
-    raise SystemExit(f"error: {where}: name {name!r} may hold letters, digits, '.', '_', '-' only")
-  if not (ROOT / config).is_file() and pathlib.Path(config).is_file():
-    config = str(pathlib.Path(config).resolve())  # runs start in ROOT
-  overrides = tuple(shlex.split(row.get("overrides") or ""))
-  bad = [o for o in overrides if "=" not in o or o.startswith("-")]
-  if bad:
-    raise SystemExit(f"error: {where}: override {bad[0]!r} must be KEY=VALUE (no --config.)")
-  try:
-    seeds = [int(s) for s in (row.get("seeds") or "0").split()]
-    epochs = float(row["epochs"]) if (row.get("epochs") or "").strip() else None
-  except ValueError as e:
-    raise SystemExit(f"error: {where}: seeds must be integers and epochs a number ({e})") from e
-  if epochs is not None and not epochs > 0:
-    raise SystemExit(f"error: {where}: epochs = {epochs} must be a number > 0")
-  return [Run(name, config, overrides, seed, epochs) for seed in seeds]
-
-
-def finished_keys(csv_files) -> set[tuple[str, str]]:
-  """(name, seed) of every row of the given results CSV files that exist."""
-  keys = set()
-  for file in csv_files:
-    file = pathlib.Path(file)
-    if file.exists():
-      with file.open(newline="") as f:
-        keys |= {(r["name"], str(r["seed"])) for r in csv.DictReader(f)}
-  return keys
-
-
-# ----------------------------------------------------------------------------- what a run left
-
-
-def read_metrics(workdir: pathlib.Path) -> list[dict]:
-  """The records of a run's metrics.jsonl (lines cut short by a killed process are skipped)."""
-  path = workdir / "metrics.jsonl"
-  rows = []
-  if path.exists():
-    for line in path.read_text().splitlines():
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return rows
-
-
-def evaluations(rows: list[dict]) -> list[dict]:
-  """One {epoch, step, test_accuracy, test_loss} per evaluation of the run, in step order."""
-  out = {}
-  for r in rows:
-    if "eval/accuracy" in r:
-      out[r["step"]] = {
-        "epoch": r.get("epoch", ""),
-        "step": r["step"],
-        "test_accuracy": r["eval/accuracy"],
-        "test_loss": r.get("eval/loss", ""),
-      }
-  return [out[s] for s in sorted(out)]
-
-
-def result_row(run: Run, workdir: pathlib.Path, status: str, wall_s: float, device: str) -> dict:
-  """The results CSV row of a finished run, from its workdir."""
-  rows = read_metrics(workdir)
-  evals = [e for e in evaluations(rows) if isinstance(e["test_accuracy"], float)]
-  rates = [r["train/images_per_sec"] for r in rows if "train/images_per_sec" in r]
-  try:
-    config = json.loads((workdir / "config.json").read_text())
-  except (OSError, json.JSONDecodeError):
-    config = {}
-  data = config.get("data.name", "")
-  if config.get("data.path"):
-    data += f":{pathlib.Path(config['data.path']).name}"
-  return {
-    "name": run.name,
-    "config": run.config,
-    "overrides": " ".join(run.overrides),
-    "seed": run.seed,
-    "status": status,
-    "test_accuracy": evals[-1]["test_accuracy"] if evals else math.nan,
-    "best_test_accuracy": max(e["test_accuracy"] for e in evals) if evals else math.nan,
-    "epochs": evals[-1]["epoch"] if evals else "",
-    "steps": max((r["step"] for r in rows), default=0),
-    "wall_s": round(wall_s, 1),
-    # The median of the log windows (the trainer times the compiling first call apart).
-    "images_per_sec": round(statistics.median(rates), 1) if rates else "",
-    "device": device,
-    "data": data,
-  }
-
-
-def write_csv(path: pathlib.Path, columns, rows: list[dict]) -> None:
-  """Writes the rows whole, through a temporary file (a reader never sees half a file)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  with tmp.open("w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-  tmp.replace(path)
-
-
-def read_csv(path: pathlib.Path) -> list[dict]:
-  if not path.exists():
-    return []
-  with path.open(newline="") as f:
-    return list(csv.DictReader(f))
 
 
 def probe_device() -> str:
@@ -244,6 +92,17 @@ def probe_device() -> str:
 
 # ----------------------------------------------------------------------------- running
 
+# What happened to a run that is not (or no longer) pending, in the words of a skipped run's
+# reason ("its teacher NAME seed S ..."). "done" is the one state a dependent run can start from.
+OUTCOMES = {
+  "failed": "failed",
+  "diverged": "diverged",
+  "skipped": "was skipped",
+  "stopped": "did not finish (time budget)",
+  "not started": "did not start (time budget)",
+}
+WAIT = "wait"  # Launcher.blocker: a source is still to run
+
 
 @dataclasses.dataclass
 class Active:
@@ -254,7 +113,8 @@ class Active:
 
 
 class Launcher:
-  """Runs the list's unfinished runs, `parallel` at a time, within an optional time budget."""
+  """Runs the list's unfinished runs, `parallel` at a time, sources before the runs that read
+  them, within an optional time budget."""
 
   def __init__(self, args, runs: list[Run], extra: list[str]):
     self.args, self.runs, self.extra = args, runs, extra
@@ -263,7 +123,10 @@ class Launcher:
     self.epochs_csv = pathlib.Path(args.epochs_csv or self.root / "epochs.csv")
     self.deadline = time.time() + args.budget_s if args.budget_s else math.inf
     self.device = args.device
-    self.failed, self.stopped = [], []
+    self.failed, self.stopped, self.skipped = [], [], []
+    # (name, seed) -> "pending", "active", "done", "diverged", "failed", "skipped", "stopped",
+    # "not started", or "listed" (a --skip_csv row whose workdir holds no result.json)
+    self.state: dict[tuple[str, str], str] = {}
 
   def log(self, message: str) -> None:
     print(f"[multi_run {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -273,17 +136,73 @@ class Launcher:
     skip = finished_keys(self.args.skip_csv)
     out = []
     for run in self.runs:
-      if not (ROOT / run.config).is_file():  # one bad line must not cost the others their turn
+      workdir = run.workdir(self.root)
+      status = self.status_on_disk(workdir)
+      if not (ROOT / run.config_file).is_file():  # one bad line must not cost the others a turn
         self.failed.append(run)
+        status = "failed"
         self.log(f"FAILED {run.name} seed {run.seed}: config file {run.config} does not exist")
       elif run.key in skip:
+        status = status or "listed"
         self.log(f"skip {run.name} seed {run.seed}: in {', '.join(self.args.skip_csv)}")
-      elif (run.workdir(self.root) / RESULT_FILE).exists():
-        self.log(f"skip {run.name} seed {run.seed}: finished in {run.workdir(self.root)}")
-        self.record(json.loads((run.workdir(self.root) / RESULT_FILE).read_text()))
+      elif status:
+        self.log(f"skip {run.name} seed {run.seed}: finished in {workdir}")
+        self.record(json.loads((workdir / RESULT_FILE).read_text()))
       else:
+        status = "pending"
         out.append(run)
+      self.state[run.key] = status
     return out
+
+  @staticmethod
+  def status_on_disk(workdir: pathlib.Path) -> str | None:
+    """The status in a run's result.json ("done", "diverged"); None where it has none."""
+    try:
+      return json.loads((workdir / RESULT_FILE).read_text()).get("status", "done")
+    except (OSError, json.JSONDecodeError):
+      return None
+
+  def blocker(self, run: Run) -> str | None:
+    """None: every run that `run` reads is done; WAIT: one is still to run; else the reason
+    why `run` cannot run ("its teacher NAME seed S failed")."""
+    waiting = False
+    for key, (name, seed) in run.sources:
+      workdir = self.root / name / f"seed_{seed}"
+      state = self.state.get((name, str(seed))) or self.status_on_disk(workdir)
+      what = f"its {SOURCE_COLUMNS[key]} {name} seed {seed}"
+      if state == "done":
+        continue
+      if state in ("pending", "active"):
+        waiting = True
+      elif state in OUTCOMES:
+        return f"{what} {OUTCOMES[state]}"
+      elif state == "listed":
+        return f"{what} is a row of --skip_csv but {workdir} holds no {RESULT_FILE} here"
+      else:  # not in this call's list (--only) and not finished
+        return f"{what} has not finished ({workdir} holds no {RESULT_FILE})"
+    return WAIT if waiting else None
+
+  def skip_blocked(self, pending: list[Run]) -> list[Run]:
+    """Skips (a row and a line each) the pending runs whose sources cannot finish; the rest."""
+    changed = True
+    while changed:  # a skipped run skips the runs that read it in turn
+      changed = False
+      for run in list(pending):
+        reason = self.blocker(run)
+        if reason not in (None, WAIT):
+          pending.remove(run)
+          self.skip(run, reason)
+          changed = True
+    return pending
+
+  def skip(self, run: Run, reason: str) -> None:
+    self.state[run.key] = "skipped"
+    self.skipped.append(run)
+    self.log(f"skipped {run.name} seed {run.seed}: {reason}")
+    row = dict.fromkeys(RESULT_COLUMNS, "")
+    row.update(name=run.name, config=run.config, overrides=" ".join(run.overrides))
+    row.update(seed=run.seed, status="skipped", sources=run.describe_sources(), reason=reason)
+    self.record(row)
 
   def record(self, row: dict) -> None:
     """Adds (or replaces) the run's row in the results CSV."""
@@ -302,8 +221,10 @@ class Launcher:
     log = (workdir / "train.log").open("a")
     log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
     log.flush()
-    self.log(f"start {run.name} seed {run.seed} in {workdir}")
+    sources = f" ({run.describe_sources()})" if run.sources else ""
+    self.log(f"start {run.name} seed {run.seed} in {workdir}{sources}")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+    self.state[run.key] = "active"
     return Active(run, process, time.time(), log)
 
   def finish(self, active: Active, stopped: bool) -> None:
@@ -318,6 +239,7 @@ class Launcher:
     tail = (workdir / "train.log").read_text()[-4000:]
     if stopped:
       self.stopped.append(run)
+      self.state[run.key] = "stopped"
       self.log(f"stopped {run.name} seed {run.seed} (time budget); it resumes next time")
       return
     if code == 0:
@@ -326,8 +248,10 @@ class Launcher:
       status = "diverged"
     else:
       self.failed.append(run)
+      self.state[run.key] = "failed"
       self.log(f"FAILED {run.name} seed {run.seed} (exit {code}); see {workdir / 'train.log'}")
       return
+    self.state[run.key] = status
     if self.device is None:
       self.device = probe_device()
     row = result_row(run, workdir, status, state["wall_s"], self.device)
@@ -350,12 +274,17 @@ class Launcher:
 
   def run(self) -> int:
     pending, active = self.pending(), []
+    self.log(describe_estimate(pending, self.args.parallel))
     try:
-      while pending or active:
+      while True:
+        pending = self.skip_blocked(pending)
         left = self.deadline - time.time()
-        while pending and len(active) < self.args.parallel and left >= self.args.min_start_s:
-          active.append(self.start(pending.pop(0)))
-        if pending and not active and left < self.args.min_start_s:
+        for run in [r for r in pending if self.blocker(r) is None]:  # sources done: ready
+          if len(active) >= self.args.parallel or left < self.args.min_start_s:
+            break
+          pending.remove(run)
+          active.append(self.start(run))
+        if not active:  # nothing going: all done, or the rest wait for time (sources go first)
           break
         if left <= 0:
           for a in active:
@@ -370,12 +299,15 @@ class Launcher:
       for a in active:
         self.stop(a)
       self.write_epochs()
-    for run in pending:
-      self.log(f"not started {run.name} seed {run.seed} (time budget); it starts next time")
-    unfinished = len(self.stopped) + len(pending)
+    for run in pending:  # out of time: those that could start now wait for the next call
+      if self.blocker(run) is None:
+        self.state[run.key] = "not started"
+        self.log(f"not started {run.name} seed {run.seed} (time budget); it starts next time")
+    self.skip_blocked([r for r in pending if self.state[r.key] == "pending"])
+    unfinished = len(self.stopped) + sum(s == "not started" for s in self.state.values())
     self.log(
-      f"{len(self.runs)} runs in the list: {len(self.failed)} failed, {unfinished} unfinished; "
-      f"results in {self.results}"
+      f"{len(self.runs)} runs in the list: {len(self.failed)} failed, {len(self.skipped)} "
+      f"skipped, {unfinished} unfinished; results in {self.results}"
     )
     return 1 if self.failed else 0
 
@@ -410,6 +342,9 @@ def parse_args(argv=None):
   )
   parser.add_argument("--only", default="", help="comma-separated run names to run")
   parser.add_argument("--device", help="the device column (default: asked of JAX)")
+  parser.add_argument(
+    "--check", action="store_true", help="only read and check the list, print its estimate"
+  )
   parser.add_argument("--poll_s", type=float, default=1.0, help=argparse.SUPPRESS)
   parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then flags for every run")
   args = parser.parse_args(argv)
@@ -423,12 +358,20 @@ def main(argv=None) -> int:
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
   args = parse_args(argv)
   extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
-  runs = read_runs(args.runs)
+  try:
+    runs = read_runs(args.runs)
+  except RunListError as e:  # before anything starts
+    print(e, file=sys.stderr)
+    return 2
   only = [n for n in args.only.split(",") if n]
   unknown = sorted(set(only) - {r.name for r in runs})
   if unknown:
-    raise SystemExit(f"error: --only names {unknown[0]!r}, which is not in {args.runs}")
+    print(f"error: --only names {unknown[0]!r}, which is not in {args.runs}", file=sys.stderr)
+    return 2
   runs = [r for r in runs if not only or r.name in only]
+  if args.check:
+    print(f"run list {args.runs}: {len(runs)} runs; {describe_estimate(runs, args.parallel)}")
+    return 0
   return Launcher(args, runs, extra).run()
 
 

@@ -2,6 +2,7 @@
 result rows) and launch/decode_jpeg_npz.py."""
 
 import csv
+import functools
 import io
 import json
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launch import decode_jpeg_npz, multi_run
+from launch import decode_jpeg_npz, multi_run, run_list
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COLORS = np.array([[40, 40, 200], [200, 40, 40], [40, 200, 40], [200, 200, 40]])
@@ -105,32 +106,45 @@ def test_run_list_expands_seeds_and_names_bad_lines(tmp_path):
     ("a,configs/test.py,,1,1", r"repeats \(name, seed\) \('a', '1'\)"),
   ]:
     runs_file.write_text(f"name,config,overrides,seeds,epochs\na,configs/test.py,,0 1,1\n{line}\n")
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(multi_run.RunListError, match=message):
       multi_run.read_runs(runs_file)
 
 
-def test_default_gpu_run_list_names_real_config_keys():
-  import importlib.util
+def test_default_gpu_run_list_fits_one_call_and_names_real_config_keys():
+  """launch/gpu_runs.csv: its estimates add up to one call (525 s with gpu_run.sh's setup), its
+  chains fit the runs' time, the comparisons share the control's epochs, and every config file
+  and override key exists (data.cutout comes with the augmentation switches' branch)."""
+  from bnn_jax import cli
 
+  text = (ROOT / "launch" / "gpu_runs.csv").read_text()
   runs = multi_run.read_runs(ROOT / "launch" / "gpu_runs.csv")
-  assert [r.name for r in runs[:4]] == [
-    "binary_default",
-    "binary_sgd",
-    "float_default",
-    "float_sgd",
-  ]
-  assert [r.epochs for r in runs[:4]] == [200, None, 200, None]  # the SGD configs' own 400
-  assert all(r.seed == 0 for r in runs) and len(runs) == 12
+  script = (ROOT / "launch" / "gpu_run.sh").read_text()
+  parallel = int(re.search(r"PARALLEL=\$\{PARALLEL:-(\d+)\}", script).group(1))
+  assert all(r.estimate_s is not None for r in runs)
+  total = sum(r.estimate_s for r in runs)
+  assert f"= {total:.0f} s of runs" in text  # the comment's arithmetic is the column's
+  assert total + 15 <= 525  # 15 s: gpu_run.sh's setup before the runs
+  for run in runs:  # each run of a chain gets 1/parallel of the GPU
+    chain = run_list.chain_of(run, runs)
+    assert parallel * sum(r.estimate_s for r in chain) <= 540 - 15 - 15, [r.name for r in chain]
+  control = next(r for r in runs if r.name.startswith("control"))
+  init_sources = {name for r in runs for key, (name, _) in r.sources if key == "init.from_workdir"}
+  assert {r.name for r in runs if r.epochs != control.epochs} <= init_sources  # stage 1 only
+  assert any(r.sources for r in runs) and all(r.seed == 0 for r in runs)
+
+  problems = []
   for run in runs:
-    spec = importlib.util.spec_from_file_location("_config", ROOT / run.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = cli.load_config(str(ROOT / run.config))  # FILE:ARG too
+    keys = set(cli.config_keys(config))
+    for key, _ in run.sources:
+      assert key in keys
     for override in run.overrides:
       key, value = override.split("=", 1)
-      section, name = key.split(".")
-      assert name in config[section], f"{run.name}: {key} is no config key"
-      assert str(config[section][name]) != value, f"{run.name}: {key}={value} changes nothing"
+      if key not in keys:
+        problems.append(f"{run.name}: {key} is no config key")
+      elif str(functools.reduce(getattr, key.split("."), config)) == value:
+        problems.append(f"{run.name}: {key}={value} changes nothing")
+  assert not problems
 
 
 def test_result_row_reads_the_runs_metrics(tmp_path):
@@ -163,6 +177,8 @@ def test_result_row_reads_the_runs_metrics(tmp_path):
     "images_per_sec": 20.0,
     "device": "1 x cpu",
     "data": "npz:cifar",
+    "sources": "",
+    "reason": "",
   }
   assert [e["epoch"] for e in multi_run.evaluations(multi_run.read_metrics(workdir))] == [1, 2, 3]
 
@@ -170,9 +186,9 @@ def test_result_row_reads_the_runs_metrics(tmp_path):
 # ----------------------------------------------------------------------------- the GPU script
 
 
-def gpu_run(tmp_path, runs: str, out: str, budget_s: int, **more_env):
+def gpu_run(tmp_path, runs: str, out: str, budget_s: int, header=None, **more_env):
   """Runs launch/gpu_run.sh on CPU with tiny runs; returns (process, seconds, log text)."""
-  (tmp_path / "runs.csv").write_text("name,config,overrides,seeds,epochs\n" + runs)
+  (tmp_path / "runs.csv").write_text((header or "name,config,overrides,seeds,epochs") + "\n" + runs)
   env = dict(
     os.environ,
     PYTHON=sys.executable,
@@ -263,3 +279,40 @@ def test_gpu_script_runs_two_at_once_skips_finished_runs_and_stops_in_its_budget
   assert metrics_a.stat().st_mtime_ns == before
   rows = csv_rows(tmp_path / "out2" / "gpu_runs.csv")
   assert [r["name"] for r in rows] == ["run_b"]  # not the committed run_a, not the stopped long
+
+
+def test_gpu_script_help_prints_the_usage_and_starts_nothing(tmp_path):
+  env = dict(os.environ, OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"))
+  script = str(ROOT / "launch" / "gpu_run.sh")
+  for flag in ("--help", "-h"):
+    out = subprocess.run(["bash", script, flag], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("One GPU, one call:") and "PROFILE (0)" in out.stdout
+    assert "launch/gpu_run.sh --help" in out.stdout and "#" not in out.stdout.split("\n", 1)[0]
+  assert list(tmp_path.iterdir()) == []  # no gpu_out, no gpu_work
+  out = subprocess.run(["bash", script, "--halp"], env=env, capture_output=True, text=True)
+  assert out.returncode == 2 and "unknown option --halp" in out.stderr
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_script_refuses_a_bad_run_list_before_installing_or_decoding(tmp_path):
+  jpeg_pair(tmp_path / "jpeg")
+  header = ",".join(run_list.COLUMNS)
+  first, _, log = gpu_run(tmp_path, "a,configs/test.py,,0,1,,a\n", "out", 100, header=header)
+  assert first.returncode == 2, log[-3000:]
+  assert "run 1 (a): its init_from is the run itself" in log
+  assert not (tmp_path / "decoded").exists()
+
+
+@pytest.mark.slow
+def test_gpu_script_profile_writes_the_step_tables(tmp_path):
+  from tests.test_profile_step import check_profile
+
+  jpeg_pair(tmp_path / "jpeg")
+  shrink = "--config.model.width=0.0625 --batch_size=2 --steps=2 --warmup=1"
+  done, _, log = gpu_run(tmp_path, "", "out", budget_s=500, PROFILE="1", PROFILE_FLAGS=shrink)
+  assert done.returncode == 0, log[-3000:]
+  for variant in ("binary", "float"):
+    check_profile(tmp_path / "out" / f"profile_{variant}.txt", variant, batch=2, steps=2)
+    assert f"({variant}), model vgg_small width 0.0625" in log  # its head in gpu_run.log
+  assert "0 runs in the list" in log
