@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.path = ""  # folder of IDX or .npz files (fashion_mnist, mnist, npz)
   c.data.tfds_data_dir = ""  # tfds data_dir; "" = tfds default
   c.data.manual_dir = ""  # offline CIFAR-10: folder holding cifar-10-binary.tar.gz
-  c.data.augment = "crop_flip"  # "crop_flip", "flip" or "none"
+  c.data.augment = "crop_flip"  # "crop_flip", "crop", "flip" or "none"
   c.data.train_subset = 0  # >0: train on the first N training examples only
   c.data.fake_image_shape = (8, 8, 3)
   c.data.fake_num_classes = 4
