@@ -200,3 +200,30 @@ def test_layout_names_every_module():
   modules = [p for p in (ROOT / "bnn_jax").rglob("*.py") if p.name != "__init__.py"]
   missing = sorted(str(p.relative_to(ROOT)) for p in modules if p.stem not in named)
   assert not missing, f"docs/layout.md does not name {missing}"
+
+
+BUNDLED = "bnn_jax/data/fashion_mnist_small"
+DEPLOY_EXAMPLE = [  # the README's Deploy example, on the session's trained run for quickstart's
+  ["-m", "bnn_jax.deploy.export", "--workdir={workdir}", "--output={model}"],
+  ["-m", "bnn_jax.deploy.infer", "{model}", f"{BUNDLED}/ankle_boot.png", f"{BUNDLED}/trouser.png",
+   f"{BUNDLED}/bag.png", f"{BUNDLED}/test.npz"],
+]  # fmt: skip
+
+
+def test_deploy_example_runs_on_what_ships(fashion_mnist_small_run, tmp_path):
+  """Export a trained run, then classify the bundled PNGs and the bundled test set with it."""
+  _, workdir, evaluation = fashion_mnist_small_run
+  model = tmp_path / "quickstart.bnn"
+  outputs = []
+  for args in DEPLOY_EXAMPLE:
+    args = [a.format(workdir=workdir, model=model) for a in args]
+    done = subprocess.run(
+      [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs.append(done.stdout)
+  lines = outputs[1].splitlines()
+  assert lines[0].startswith("2003 images"), outputs[1]
+  # The bundled test set's accuracy is the training evaluation's (the PNGs carry no labels).
+  assert lines[1] == f"accuracy {evaluation['accuracy']:.4f} (2000 labeled images)", outputs[1]
