@@ -18,7 +18,7 @@ import tempfile
 import time
 import zlib
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
@@ -98,4 +98,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from bnn_jax import cli  # absl's app.run, but --help exits 0 and bad flags with one sentence
+
+  cli.run(main)

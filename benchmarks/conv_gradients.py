@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
@@ -81,4 +81,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from bnn_jax import cli  # absl's app.run, but --help exits 0 and bad flags with one sentence
+
+  cli.run(main)

@@ -34,7 +34,7 @@ import tempfile
 # This process keeps only what it uses, so that the runs-at-once processes get their shares.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
@@ -198,4 +198,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from bnn_jax import cli  # absl's app.run, but --help exits 0 and bad flags with one sentence
+
+  cli.run(main)

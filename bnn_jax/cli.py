@@ -28,6 +28,7 @@ from bnn_jax.errors import InputError
 
 FLAGS = flags.FLAGS
 EXIT_STATUS = 2  # bad input; 1 stays for crashes
+_HELP_FLAGS = {"-?", "-help", "--help", "-helpshort", "--helpshort", "-helpfull", "--helpfull"}
 
 
 def fail(error) -> None:
@@ -65,6 +66,8 @@ def run(main, *, with_config: bool = False, stops_on_signals: bool = False) -> N
       return FLAGS(rest)
     except flags.Error as e:
       fail(f"{_flag_problem(e)} (--help lists the flags)")
+    except SystemExit as e:  # absl prints the usage for --help, then exits with status 1
+      raise SystemExit(0 if e.code == 1 and _HELP_FLAGS.intersection(rest) else e.code) from None
 
   def guarded_main(argv):
     try:

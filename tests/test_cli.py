@@ -496,3 +496,87 @@ def test_infer_checks_labels_as_training_does(model_file, tmp_path, labels, mess
   np.savez(tmp_path / "bad.npz", images=np.zeros((3, 8, 8, 3), np.uint8), labels=labels)
   done = run_program("-m", "bnn_jax.deploy.infer", model_file, tmp_path / "bad.npz")
   assert_one_sentence(done, message)
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 via tfds
+
+# Installed as sitecustomize: no network (every name lookup and connection fails at once, as
+# offline) and no TensorFlow, so the CIFAR-10 sentences must come before tfds downloads anything
+# and before TensorFlow (seconds to import) is loaded. tensorflow_datasets itself imports.
+OFFLINE = textwrap.dedent(
+  """
+  import importlib.abc, importlib.machinery, socket, sys
+
+  def _offline(*args, **kwargs):
+    raise socket.gaierror(-2, "Name or service not known (offline: the test's sitecustomize)")
+
+  socket.getaddrinfo = socket.create_connection = _offline
+
+  class _Refuse(importlib.abc.Loader):
+    def create_module(self, spec):
+      return None
+
+    def exec_module(self, module):
+      raise ImportError(f"{module.__name__} is blocked: this error must come before it")
+
+  class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+      if name.split(".")[0] == "tensorflow":
+        return importlib.machinery.ModuleSpec(name, _Refuse())
+      return None
+
+  sys.meta_path.insert(0, _Block())
+  """
+)
+
+
+def _run_cifar10(tmp_path, *args):
+  """vgg_small.py offline, with a fresh HOME and TFDS_DATA_DIR unset; (result, HOME)."""
+  site, home = tmp_path / "site", tmp_path / "home"
+  site.mkdir(exist_ok=True)
+  home.mkdir(exist_ok=True)
+  (site / "sitecustomize.py").write_text(OFFLINE)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]), HOME=str(home))
+  env.pop("TFDS_DATA_DIR", None)
+  done = subprocess.run(
+    [sys.executable, "-m", "bnn_jax.main", "--config=configs/vgg_small.py",
+     f"--workdir={tmp_path / 'run'}", *args],
+    cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  return done, home
+
+
+def _folders(root: pathlib.Path) -> list[str]:
+  return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir())
+
+
+def test_cifar10_offline_without_data_says_what_to_fetch_and_leaves_nothing(tmp_path):
+  pytest.importorskip("tensorflow_datasets", reason='needs pip install -e ".[tfds]"')
+  done, home = _run_cifar10(tmp_path)
+  assert_one_sentence(
+    done,
+    f"cifar10 is not prepared in {home / 'tensorflow_datasets'}",
+    "fetch cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html",
+    "--config.data.manual_dir=FOLDER",
+    "--config.data.name=npz --config.data.path=FOLDER",
+    after_info_logs=True,
+  )
+  assert _folders(home) == [] and not (tmp_path / "run").exists()
+
+  data_dir = tmp_path / "tfds"
+  done, home = _run_cifar10(tmp_path, f"--config.data.tfds_data_dir={data_dir}")
+  assert_one_sentence(done, f"not prepared in {data_dir} and", after_info_logs=True)
+  assert not data_dir.exists() and _folders(home) == [] and not (tmp_path / "run").exists()
+
+
+def test_cifar10_manual_dir_without_the_archive_names_folder_and_file(tmp_path):
+  pytest.importorskip("tensorflow_datasets", reason='needs pip install -e ".[tfds]"')
+  (tmp_path / "archives").mkdir()
+  done, home = _run_cifar10(tmp_path, f"--config.data.manual_dir={tmp_path / 'archives'}")
+  assert_one_sentence(
+    done,
+    f"data.manual_dir {tmp_path / 'archives'} has no cifar-10-binary.tar.gz",
+    "https://www.cs.toronto.edu/~kriz/cifar.html",
+    after_info_logs=True,
+  )
+  assert _folders(home) == [] and not (tmp_path / "run").exists()

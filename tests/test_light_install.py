@@ -87,3 +87,24 @@ def test_train_export_infer_summary_without_tensorflow(tmp_path):
 
   blocked = log.read_text().split() if log.exists() else []
   assert blocked == [], f"these programs tried to import {sorted(set(blocked))}"
+
+
+def test_cifar10_without_tfds_says_how_to_install_it(tmp_path):
+  """CIFAR-10 needs the tfds extra: one sentence with the pip command, exit 2, no traceback."""
+  (tmp_path / "site").mkdir()
+  (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
+  workdir = tmp_path / "run"
+  done = _run(
+    ["-m", "bnn_jax.main", "--config=configs/vgg_small.py", f"--workdir={workdir}"],
+    tmp_path,
+    tmp_path / "blocked.txt",
+  )
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert "Traceback" not in done.stderr
+  last = done.stderr.strip().splitlines()[-1]
+  assert last == (
+    "error: data.name 'cifar10' is read with tensorflow-datasets, which this install lacks; "
+    'add the tfds extra: pip install -e ".[tfds]"'
+  )
+  assert all(line.startswith("I") for line in done.stderr.strip().splitlines()[:-1])
+  assert not workdir.exists()

@@ -15,9 +15,14 @@ NOTEBOOK = ROOT / "notebooks" / "fashion_mnist_tour.ipynb"
 STEPS = 8
 
 
-@pytest.mark.slow  # trains on real data, evaluates 10,000 test images thrice: about 50 s of CPU
-def test_tour_notebook_runs_top_to_bottom_and_the_engine_agrees(monkeypatch):
-  require_fashion_mnist()
+@pytest.mark.slow  # trains on real data, evaluates the test images thrice: about 50 s of CPU
+@pytest.mark.parametrize("data", ["exact", "bundled"])
+def test_tour_notebook_runs_top_to_bottom_and_the_engine_agrees(monkeypatch, tmp_path, data):
+  """exact: the Debian package's Fashion-MNIST; bundled: as where it is not installed."""
+  if data == "exact":
+    require_fashion_mnist()
+  else:  # the notebook's folder of the exact set, made one that does not exist
+    monkeypatch.setenv("BNN_TOUR_FASHION_MNIST", str(tmp_path / "no_fashion_mnist"))
   monkeypatch.setenv("BNN_TOUR_STEPS", str(STEPS))  # the kernel inherits this environment
   import nbclient
   import nbformat
@@ -35,7 +40,9 @@ def test_tour_notebook_runs_top_to_bottom_and_the_engine_agrees(monkeypatch):
   # jupyter_client starts the "python3" kernel with this interpreter (the venv's).
   assert outputs[0].strip() == sys.executable
   text = "\n".join(outputs)
-  assert f"test accuracy after {STEPS} steps:" in text and "(10000 images)" in text
+  name, count = ("fashion_mnist", 10000) if data == "exact" else ("fashion_mnist_small", 2000)
+  assert f"data: {name} (" in text
+  assert f"test accuracy after {STEPS} steps:" in text and f"({count} images)" in text
   assert "deployed size" in text and "compression" in text
   assert "training evaluation:" in text and "same top-1 on 100.00% of the test images" in text
   images = sum(

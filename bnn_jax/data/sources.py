@@ -19,8 +19,13 @@ with the same function (`read_npz`).
 
 import dataclasses
 import gzip
+import os
 import pathlib
+import shutil
+import socket
 import struct
+import threading
+import urllib.parse
 import zipfile
 
 import ml_collections
@@ -33,6 +38,9 @@ from bnn_jax.errors import InputError
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # The archive tfds looks for in manual_dir instead of downloading it.
 TFDS_ARCHIVES = {"cifar10": "cifar-10-binary.tar.gz"}
+# Where tfds downloads it from, and the page a person fetches it from.
+ARCHIVE_URLS = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"}
+ARCHIVE_PAGES = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar.html"}
 # Above this many classes (the largest label + 1) a dataset must declare its class count: a
 # stray label of 1e9 would otherwise build a classifier head with 1e9 outputs.
 MAX_UNDECLARED_CLASSES = 10_000
@@ -191,25 +199,47 @@ def load_npz_folder(path: str) -> InMemoryDataset:
 # ----------------------------------------------------------------------------- tfds
 
 
+# The light install (pip install -e .) has neither TensorFlow nor tensorflow-datasets.
+TFDS_EXTRA = (
+  "data.name {name!r} is read with tensorflow-datasets, which this install lacks; add the tfds "
+  'extra: pip install -e ".[tfds]"'
+)
+
+
 def load_tfds(name: str, data: ml_collections.ConfigDict) -> InMemoryDataset:
-  """A tfds image classification dataset, both splits read whole into memory."""
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
+  """A tfds image classification dataset, both splits read whole into memory.
+
+  Before TensorFlow is imported (seconds) or tfds downloads anything: without tfds, without the
+  archive in data.manual_dir, or unprepared and offline, one sentence (InputError) says what to
+  do, and no folder is created.
+  """
+  try:
+    import tensorflow_datasets as tfds  # without TensorFlow: under a second
+  except ImportError as e:
+    raise InputError(TFDS_EXTRA.format(name=name)) from e
+  archive = TFDS_ARCHIVES.get(name)
+  if data.manual_dir and archive and not (pathlib.Path(data.manual_dir) / archive).is_file():
+    raise InputError(
+      f"data.manual_dir {data.manual_dir} has no {archive}; put the original archive "
+      f"({ARCHIVE_PAGES[name]}) in that folder and tfds prepares {name} from it"
+    )
+  if not data.manual_dir and _would_download(tfds, name, data) and not _reachable(name):
+    raise InputError(_offline_sentence(name, data))
+  try:
+    import tensorflow as tf
+  except ImportError as e:
+    raise InputError(TFDS_EXTRA.format(name=name)) from e
 
   # tfds only reads files here; keep TensorFlow off the accelerators JAX uses.
   tf.config.set_visible_devices([], "GPU")
   kwargs = {}
-  archive = TFDS_ARCHIVES.get(name)
-  if data.manual_dir and archive and not (pathlib.Path(data.manual_dir) / archive).is_file():
-    raise InputError(
-      f"data.manual_dir {data.manual_dir!r} has no {archive}; put the original archive there "
-      f"(tfds then prepares {name} without downloading)"
-    )
   if data.manual_dir:
     kwargs["download_and_prepare_kwargs"] = {
       "download_config": tfds.download.DownloadConfig(manual_dir=data.manual_dir)
     }
   arrays = {}
+  data_dir = pathlib.Path(_data_dir(data))
+  new_folders = [f for f in (data_dir, data_dir / "downloads", data_dir / name) if not f.exists()]
   try:
     for split in ("train", "test"):
       # Read in batches and concatenate: batch_size=-1 (one tensor) crashes under mock_data.
@@ -226,11 +256,72 @@ def load_tfds(name: str, data: ml_collections.ConfigDict) -> InMemoryDataset:
       labels = np.concatenate([b[1] for b in batches])
       arrays[split] = (_as_nhwc(images), labels)
   except Exception as e:  # tfds raises many types for "cannot download or find the data"
+    for folder in new_folders:  # a failed preparation leaves no folders behind
+      shutil.rmtree(folder, ignore_errors=True)
+    first_line = (str(e).strip().splitlines() or [""])[0][:300]
+    source = f"{pathlib.Path(data.manual_dir) / archive}" if data.manual_dir else "the internet"
     raise InputError(
-      f"tensorflow-datasets could not load {name!r} ({type(e).__name__}: {str(e)[:300]}); on a "
-      f"machine without internet put the original archive in data.manual_dir"
+      f"tensorflow-datasets could not prepare {name} from {source} ({type(e).__name__}: "
+      f"{first_line}); it needs the original {archive} from {ARCHIVE_PAGES[name]}"
     ) from e
   return _dataset(arrays, f"tfds {name}", DATASETS[name].num_classes)
+
+
+def _would_download(tfds, name: str, data: ml_collections.ConfigDict) -> bool:
+  """Whether tfds.load would download `name`: it is not prepared in the data_dir.
+
+  tfds.testing.mock_data replaces download_and_prepare: then nothing is downloaded.
+  """
+  prepare = tfds.core.DatasetBuilder.download_and_prepare
+  if not getattr(prepare, "__module__", "").startswith("tensorflow_datasets.core"):
+    return False
+  # Reads the data_dir only; creates nothing (the folders come with download_and_prepare).
+  # Its warnings about the folders it looks in would precede the sentence this leads to.
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    return not tfds.builder(name, data_dir=data.tfds_data_dir or None).is_prepared()
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def _reachable(name: str, timeout: float = 5.0) -> bool:
+  """Whether the archive's host accepts a connection within `timeout` seconds.
+
+  Offline, tfds would retry its download for minutes; this answers in at most `timeout`
+  (a thread, since name lookups take no timeout).
+  """
+  host = urllib.parse.urlparse(ARCHIVE_URLS[name]).hostname
+  answer = []
+
+  def probe():
+    try:
+      socket.create_connection((host, 443), timeout=timeout).close()
+      answer.append(True)
+    except OSError:
+      pass
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(timeout)
+  return bool(answer)
+
+
+def _data_dir(data: ml_collections.ConfigDict) -> str:
+  """The folder tfds prepares datasets in: data.tfds_data_dir, else tfds' default."""
+  default = os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  return os.path.expanduser(data.tfds_data_dir or default)
+
+
+def _offline_sentence(name: str, data: ml_collections.ConfigDict) -> str:
+  data_dir = _data_dir(data)
+  host = urllib.parse.urlparse(ARCHIVE_URLS[name]).hostname
+  return (
+    f"{name} is not prepared in {data_dir} and {host} cannot be reached to download it; fetch "
+    f"{TFDS_ARCHIVES[name]} from {ARCHIVE_PAGES[name]}, put it in a folder and add "
+    f"--config.data.manual_dir=FOLDER (or give train.npz and test.npz with "
+    f"--config.data.name=npz --config.data.path=FOLDER)"
+  )
 
 
 # ----------------------------------------------------------------------------- fake
