@@ -5,10 +5,11 @@ import pathlib
 import re
 import time
 
+import jax
 import numpy as np
 import pytest
 
-from bnn_jax import checksums, distributed
+from bnn_jax import checksums, distributed, run
 from bnn_jax.errors import InputError
 from launch import local_processes
 
@@ -33,7 +34,10 @@ SHRUNK_RESNET18 = [
   "--config.log_every_steps=1",
   "--config.checkpoint_every_steps=2",
 ]
+# The same network in full precision: see the docstring of the test that runs it.
+FLOAT_RESNET18 = [*SHRUNK_RESNET18, "--config.model.binary=False"]
 STEPS = 8
+HANG_S = 1800  # only against a hang: every run here waits for a condition (its end, a checkpoint)
 
 
 @pytest.mark.parametrize(
@@ -77,6 +81,14 @@ def _losses(workdir: pathlib.Path) -> dict[int, float]:
   return {r["step"]: r["train/loss"] for r in _records(workdir) if "train/loss" in r}
 
 
+def _evaluations(workdir: pathlib.Path) -> list[tuple]:
+  return [
+    (r["step"], r["eval/accuracy"], r["eval/loss"], r["eval/count"])
+    for r in _records(workdir)
+    if "eval/count" in r
+  ]
+
+
 def _checkpoints(workdir: pathlib.Path) -> list[int]:
   """Steps of the sealed checkpoints (a folder without its manifest is not resumed from)."""
   folder = workdir / "checkpoints"
@@ -91,11 +103,11 @@ def _checkpoints(workdir: pathlib.Path) -> list[int]:
   )
 
 
-def _run(processes, devices, workdir, logs, *extra, timeout=900):
+def _run(processes, devices, workdir, logs, *extra):
   started = local_processes.start(
-    processes, devices, [*SHRUNK_RESNET18, f"--workdir={workdir}", *extra], logs, all_to_logs=True
+    processes, devices, [*FLOAT_RESNET18, f"--workdir={workdir}", *extra], logs, all_to_logs=True
   )
-  assert local_processes.wait(started, timeout) == 0, _tail(logs)
+  assert local_processes.wait(started, HANG_S) == 0, _tail(logs)
   return [(logs / f"process_{i}.log").read_text() for i in range(processes)]
 
 
@@ -103,24 +115,23 @@ def _tail(logs: pathlib.Path) -> str:
   return "\n".join(p.read_text()[-3000:] for p in sorted(logs.glob("process_*.log")))
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one_and_resume_after_being_killed(tmp_path):
-  # Reference: 1 process with 4 devices, the same global batch of 8.
-  reference = tmp_path / "one_process"
-  _run(1, 4, reference, tmp_path / "logs_reference", f"--config.max_steps={STEPS}")
-  expected = _losses(reference)
-  assert sorted(expected) == list(range(1, STEPS + 1))
+def _state(workdir: pathlib.Path) -> dict[str, np.ndarray]:
+  """Every array of the newest checkpoint (parameters, BatchNorm statistics, optimizer state)."""
+  _, _, _, state = run.restore_state(workdir)
+  leaves = jax.tree_util.tree_leaves_with_path(state)
+  return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
-  # 2 processes x 2 devices, killed (SIGKILL, like a lost node) once a checkpoint of step 4
-  # or later is on disk.
-  workdir, logs = tmp_path / "two_processes", tmp_path / "logs_killed"
+
+def _kill_after_a_checkpoint(workdir: pathlib.Path, logs: pathlib.Path) -> int:
+  """Starts 2 processes x 2 devices for the whole schedule (800 steps) and SIGKILLs both (like a
+  lost node) once a sealed checkpoint of step 4 or later is on disk; returns its step."""
   processes = local_processes.start(
-    2, 2, [*SHRUNK_RESNET18, f"--workdir={workdir}"], logs, all_to_logs=True
+    2, 2, [*FLOAT_RESNET18, f"--workdir={workdir}"], logs, all_to_logs=True
   )
-  deadline = time.time() + 900
+  hang = time.monotonic() + HANG_S
   while not any(s >= 4 for s in _checkpoints(workdir)):
     assert all(p.poll() is None for p in processes), _tail(logs)
-    assert time.time() < deadline, _tail(logs)
+    assert time.monotonic() < hang, f"no checkpoint after {HANG_S} s (hung?)\n{_tail(logs)}"
     time.sleep(0.2)
   for p in processes:
     p.kill()
@@ -128,22 +139,55 @@ def test_two_processes_train_like_one_and_resume_after_being_killed(tmp_path):
     p.wait()
   killed_at = max(_checkpoints(workdir))
   assert killed_at < 800  # it was stopped mid-run
+  return killed_at
 
-  # The same command again resumes from the checkpoint, on both processes.
+
+@pytest.mark.slow
+def test_two_processes_resume_exactly_after_being_killed_and_train_like_one(tmp_path):
+  """Two comparisons, each as strict as it can honestly be (4 runs of the float ResNet-18).
+
+  (a) Resume, bit for bit: 2 processes x 2 devices SIGKILLed after a checkpoint of step 4 or
+  later, then run again, resume from it and end with the same per-step losses, evaluations and
+  final arrays (parameters, BatchNorm statistics, optimizer state) as 2 x 2 never stopped.
+  (b) Training like one process, to float round-off: 2 x 2 and 1 process x 4 devices see the
+  same global batches, but their cross-device sums run in another order (gloo between processes,
+  XLA inside one), so they differ by an ulp from the first gradient on. A float network keeps
+  such a difference small (rtol 1e-4 over 8 steps); a binary one does not (a weight or an
+  activation near 0 flips sign: issue 17 saw the loss differ by up to 12.6 % from step 4 on),
+  so this test runs model.binary=False. Binary networks resume bit for bit in
+  tests/test_train.py and tests/test_signals.py (one process; the checkpoint, data and metrics
+  machinery is the one tested here).
+  """
+  # (a) 2 x 2 never stopped, then 2 x 2 killed and resumed by the same command.
+  straight = tmp_path / "two_processes"
+  _run(2, 2, straight, tmp_path / "logs_straight", f"--config.max_steps={STEPS}")
+  workdir = tmp_path / "two_processes_killed"
+  killed_at = _kill_after_a_checkpoint(workdir, tmp_path / "logs_killed")
   logs_0, logs_1 = _run(2, 2, workdir, tmp_path / "logs_resumed", f"--config.max_steps={STEPS}")
   resumed = re.search(r"Resumed from the checkpoint of step (\d+)", logs_0)
-  assert resumed and int(resumed.group(1)) >= 4, logs_0[-3000:]
+  assert resumed and int(resumed.group(1)) == killed_at, logs_0[-3000:]
   assert "final test accuracy" in logs_0 and "(20 examples)" in logs_0  # each image once
   # Logs come from process 0 only.
   assert re.search(r"step \d+/\d+: train loss", logs_0)
   assert not re.search(r"step \d+/\d+: train loss", logs_1)
   assert "final test accuracy" not in logs_1
-
-  got = _losses(workdir)
-  assert sorted(got) == list(range(1, STEPS + 1))
-  np.testing.assert_allclose(
-    [got[s] for s in range(1, STEPS + 1)], [expected[s] for s in range(1, STEPS + 1)], rtol=1e-4
-  )
-  evals = [r for r in _records(workdir) if "eval/count" in r]
-  assert evals and all(r["eval/count"] == 20 for r in evals)
   assert (workdir / "config.json").exists()
+
+  expected, got = _losses(straight), _losses(workdir)
+  assert sorted(expected) == sorted(got) == list(range(1, STEPS + 1))
+  np.testing.assert_array_equal([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)])
+  evals, evals_straight = _evaluations(workdir), _evaluations(straight)
+  assert evals and all(count == 20 for _, _, _, count in evals)
+  assert evals == evals_straight
+  final, final_straight = _state(workdir), _state(straight)
+  assert int(final["['step']"]) == STEPS and final.keys() == final_straight.keys()
+  for name, array in final.items():
+    np.testing.assert_array_equal(array, final_straight[name], err_msg=name)
+
+  # (b) 1 process x 4 devices, the same global batch of 8.
+  one = tmp_path / "one_process"
+  _run(1, 4, one, tmp_path / "logs_one", f"--config.max_steps={STEPS}")
+  reference = _losses(one)
+  assert sorted(reference) == list(range(1, STEPS + 1))
+  steps = range(1, STEPS + 1)
+  np.testing.assert_allclose([expected[s] for s in steps], [reference[s] for s in steps], rtol=1e-4)
