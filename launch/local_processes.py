@@ -158,8 +158,9 @@ def supervise(processes: list[subprocess.Popen], timeout: float | None = None) -
   Returns what `wait` returns, or 130 (SIGINT) / 143 (SIGTERM) when interrupted. The children
   are in process groups of their own, so a terminal's Ctrl-C reaches only this launcher.
   """
-  previous = signal.signal(signal.SIGTERM, _raise_terminated)
-  try:
+  previous = signal.getsignal(signal.SIGTERM)
+  try:  # installed inside the try: a signal right after it is still handled below
+    signal.signal(signal.SIGTERM, _raise_terminated)
     return wait(processes, timeout)
   except KeyboardInterrupt:
     stop(processes)

@@ -29,7 +29,14 @@ STUBBORN = textwrap.dedent("""
     __import__("os").replace(sys.argv[1] + ".tmp", sys.argv[1])
     time.sleep(600)
 """)
-FAILS_SOON = "import sys, time; time.sleep(1); sys.exit(3)"
+# Exits with status 3 once the file argv[1] exists (the other process reported its pids).
+FAILS_AFTER = textwrap.dedent("""
+    import os, sys, time
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.05)
+    sys.exit(3)
+""")
+HANG_S = 600  # only against a hang: every wait here is for a condition
 
 
 # Each test starts and kills several processes and waits out a SIGTERM grace period.
@@ -45,23 +52,31 @@ def alive(pid: int) -> bool:
   return state not in ("Z", "X")
 
 
-def all_gone(pids: list[int], timeout: float = 10) -> bool:
-  """Whether every process of `pids` is gone within `timeout` s. A SIGKILLed process group dies
+def all_gone(pids: list[int]) -> bool:
+  """Whether every process of `pids` is gone (within HANG_S). A SIGKILLed process group dies
   asynchronously: under load a grandchild can still be exiting when the launcher returns."""
-  deadline = time.monotonic() + timeout
+  hang = time.monotonic() + HANG_S
   while any(alive(pid) for pid in pids):
-    if time.monotonic() > deadline:
+    if time.monotonic() > hang:
       return False
     time.sleep(0.05)
   return True
 
 
-def pids_from(path: pathlib.Path, timeout: float = 120) -> list[int]:
-  deadline = time.monotonic() + timeout
+def pids_from(path: pathlib.Path) -> list[int]:
+  hang = time.monotonic() + HANG_S
   while not path.exists():
-    assert time.monotonic() < deadline, f"{path} was never written"
+    assert time.monotonic() < hang, f"{path} was never written"
     time.sleep(0.05)
   return [int(x) for x in path.read_text().split()]
+
+
+def catches_sigterm(pid: int) -> bool:
+  """Whether process `pid` has a handler installed for SIGTERM (SigCgt of /proc/PID/status)."""
+  for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+    if line.startswith("SigCgt:"):
+      return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+  return False
 
 
 def stubborn(tmp_path: pathlib.Path, name: str) -> tuple[list[str], pathlib.Path]:
@@ -72,13 +87,13 @@ def stubborn(tmp_path: pathlib.Path, name: str) -> tuple[list[str], pathlib.Path
 def test_a_failing_process_stops_the_others_with_its_status(tmp_path):
   command, pid_file = stubborn(tmp_path, "pids")
   processes = local_processes.spawn(
-    [[sys.executable, "-c", FAILS_SOON], command], tmp_path / "logs", all_to_logs=True
+    [[sys.executable, "-c", FAILS_AFTER, str(pid_file)], command],
+    tmp_path / "logs",
+    all_to_logs=True,
   )
   pids = pids_from(pid_file)
-  start = time.monotonic()
   assert local_processes.wait(processes) == 3
-  # Stopped (SIGTERM ignored, then SIGKILL), not waited for: the child would sleep 600 s.
-  assert time.monotonic() - start < 120
+  # Stopped (SIGTERM ignored, then SIGKILL), not waited for: it would sleep 600 s and exit 0.
   assert processes[1].returncode == -signal.SIGKILL
   assert all_gone(pids)  # the grandchild too: its whole process group
 
@@ -98,9 +113,14 @@ def test_an_interrupted_launcher_stops_its_processes(tmp_path, sig, status):
     env=dict(os.environ, PYTHONPATH=str(ROOT)),
   )
   pids = pids_from(pids_a) + pids_from(pids_b)
-  time.sleep(0.5)  # the launcher is in its wait loop (it started both children before it)
+  # The launcher is in `supervise` once its SIGTERM handler is installed (SIGINT's is Python's
+  # own, from the start): a signal before that would test nothing of it.
+  hang = time.monotonic() + HANG_S
+  while not catches_sigterm(launcher.pid):
+    assert launcher.poll() is None and time.monotonic() < hang, "the launcher never supervised"
+    time.sleep(0.05)
   launcher.send_signal(sig)
-  assert launcher.wait(timeout=120) == status
+  assert launcher.wait(timeout=HANG_S) == status
   assert all_gone(pids)
 
 
