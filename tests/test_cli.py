@@ -50,7 +50,7 @@ def no_heavy_imports(tmp_path_factory):
   return site
 
 
-def run_program(*args, site=None, timeout=300):
+def run_program(*args, site=None, timeout=600):
   """`python ARGS` in the repository root; site: a folder put first on PYTHONPATH."""
   path = [str(site)] if site else []
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([*path, str(ROOT)]), TF_CPP_MIN_LOG_LEVEL="2")
@@ -541,7 +541,7 @@ def _run_cifar10(tmp_path, *args):
   done = subprocess.run(
     [sys.executable, "-m", "bnn_jax.main", "--config=configs/vgg_small.py",
      f"--workdir={tmp_path / 'run'}", *args],
-    cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
   )  # fmt: skip
   return done, home
 
