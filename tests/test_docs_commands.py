@@ -169,7 +169,7 @@ def _run_help(command: list[str]) -> tuple[subprocess.CompletedProcess, list[str
   """(the result, what it created) of the command run in a fresh empty folder."""
   with tempfile.TemporaryDirectory() as here:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run(command, cwd=here, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=here, env=env, capture_output=True, text=True, timeout=600)
     return done, sorted(os.listdir(here))
 
 
