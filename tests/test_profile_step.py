@@ -136,6 +136,6 @@ def test_train_speeds_own_flags_are_refused(tmp_path):
     cwd=ROOT,
     capture_output=True,
     text=True,
-    timeout=300,
+    timeout=600,
   )
   assert out.returncode == 2 and "--variants is train_speed.py's" in out.stderr
