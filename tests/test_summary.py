@@ -115,7 +115,7 @@ def test_summary_command_prints_the_table_for_a_config():
     cwd=ROOT,
     capture_output=True,
     text=True,
-    timeout=300,
+    timeout=600,
   )
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.startswith("vgg_small (binary), input 8x8x3, 4 classes")
