@@ -6,6 +6,7 @@ checkpoints are bnn_jax.checkpointing. The model's static structure (graphdef) i
 and merged back inside jit (flax's "functional training loop").
 """
 
+import collections
 import pathlib
 from collections.abc import Callable
 
@@ -20,6 +21,8 @@ from bnn_jax import config_checks, distributed, interrupts, layers, optim, run, 
 from bnn_jax.checkpointing import Checkpoints
 from bnn_jax.data import DataSpec, in_memory, normalize, open_feed
 from bnn_jax.progress import NonFiniteLossError, Progress, kept
+
+IN_FLIGHT = 2  # jitted train calls the loop lets run ahead of the device (a stop waits for them)
 
 # ----------------------------------------------------------------------------- losses
 
@@ -312,9 +315,15 @@ def _train(config, workdir: pathlib.Path, feed, mesh, sources) -> dict[str, floa
     result = evaluate(state)
     _log_eval(metrics_log, start, start / steps_per_epoch, result)
   periods = (config.log_every_steps, eval_every, config.checkpoint_every_steps)
+  # Python would otherwise dispatch calls far ahead of the device (33 steps on a loaded CPU), and
+  # a stop must first wait for all of them. IN_FLIGHT calls queued keep the device busy.
+  in_flight = collections.deque()
   try:
     for steps, done in call_plan(start, stop, periods, config.steps_per_call):
       state, metrics = train_step(state, steps)
+      in_flight.append(metrics)
+      if len(in_flight) > IN_FLIGHT:
+        jax.block_until_ready(in_flight.popleft())
       progress.add(done, metrics, steps)
       interrupts.training_started()
       interrupts.hold("step", done)
