@@ -229,9 +229,24 @@ def call_plan(start: int, stop: int, periods: tuple[int, ...], steps_per_call: i
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains config's model in workdir (resuming if it holds a checkpoint); returns final eval."""
+  """Trains config's model in workdir (resuming if it holds a checkpoint); returns final eval.
+
+  With config.init.stage1_epochs > 0, two stages (`stage_configs`): stage 1 in workdir/stage1
+  unless workdir already holds stage 2's checkpoint, then stage 2 in workdir.
+  """
   workdir = pathlib.Path(workdir)
   config_checks.check_config(config, jax.device_count())
+  if config.init.get("stage1_epochs", 0):
+    stage1, stage2 = stage_configs(config, workdir)
+    if not run.has_checkpoint(workdir):
+      logging.info(
+        "Two-stage training: stage 1 (float weights, binary activations, %g epochs) in %s",
+        stage1.num_epochs,
+        workdir / STAGE1_FOLDER,
+      )
+      train_and_evaluate(stage1, workdir / STAGE1_FOLDER)
+    logging.info("Two-stage training: stage 2 (%g epochs) in %s", stage2.num_epochs, workdir)
+    return train_and_evaluate(stage2, workdir)
   mesh = run.make_mesh()
   feed = open_feed(config, mesh)
   config_checks.check_against_data(config, feed.num_train)
@@ -241,6 +256,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with interrupts.critical():  # a signal must not cut config.json short
       run.prepare_workdir(workdir, config, feed.spec)
     return _train(config, workdir, feed, mesh, sources)
+
+
+STAGE1_FOLDER = "stage1"  # two stages in one run: stage 1's workdir inside the run's
+
+
+def stage_configs(config, workdir: pathlib.Path):
+  """(stage 1, stage 2) of a config with init.stage1_epochs > 0.
+
+  Stage 1: model.binary_weights False (float weights, binary activations), num_epochs =
+  init.stage1_epochs; stage 2: config itself with init.from_workdir = workdir/stage1. Both have
+  stage1_epochs 0, so each is an ordinary run (and what a run of two commands would be).
+  """
+  stage1, stage2 = config.copy_and_resolve_references(), config.copy_and_resolve_references()
+  stage1.model.binary_weights = False
+  stage1.num_epochs = float(config.init.stage1_epochs)
+  stage1.init.stage1_epochs = 0.0
+  stage2.init.stage1_epochs = 0.0
+  stage2.init.from_workdir = str(workdir / STAGE1_FOLDER)
+  return stage1, stage2
 
 
 def _open_sources(config, workdir: pathlib.Path, feed) -> dict:
