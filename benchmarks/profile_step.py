@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -185,4 +185,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from bnn_jax import cli  # absl's app.run, but --help exits 0 and bad flags with one sentence
+
+  cli.run(main)

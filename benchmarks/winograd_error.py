@@ -12,7 +12,7 @@ float32 kernel gradient. Prints both and their ratio. Not a speed figure: any lo
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
@@ -88,4 +88,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from bnn_jax import cli  # absl's app.run, but --help exits 0 and bad flags with one sentence
+
+  cli.run(main)

@@ -84,6 +84,7 @@ _RULES = {
   "distill.weight": (float, (lambda v: 0 <= v <= 1, "a number in [0, 1]")),
   "distill.temperature": (float, _POSITIVE),
   "init.from_workdir": (str, _ANY),
+  "init.stage1_epochs": (float, _NON_NEGATIVE),
   "batch_size": (int, _POSITIVE),
   "eval_batch_size": (int, _POSITIVE),
   "num_epochs": (float, _POSITIVE),
@@ -206,8 +207,30 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
       f"config.data.mixup_alpha = {config.data.mixup_alpha} and config.data.cutmix_alpha = "
       f"{config.data.cutmix_alpha} are both > 0; at most one of them may be, the other 0"
     )
+  if config.init.get("stage1_epochs", 0):
+    _check_stage1(config)
   if config.data.name in ("npz", "mnist") and not config.data.path:
     raise InputError(f"config.data.name {config.data.name!r} needs config.data.path, a folder")
+
+
+def _check_stage1(config) -> None:
+  """init.stage1_epochs > 0 (two stages in one run) needs a fully binary model of its own."""
+  stage1 = config.init.stage1_epochs
+  if not (config.model.binary and config.model.binary_weights):
+    raise InputError(
+      f"config.init.stage1_epochs = {stage1} trains a binary network in two stages; it needs "
+      f"config.model.binary = True and config.model.binary_weights = True (else set it to 0)"
+    )
+  if config.init.from_workdir:
+    raise InputError(
+      f"config.init.stage1_epochs = {stage1} starts stage 2 from its own stage 1; "
+      f'config.init.from_workdir ({config.init.from_workdir}) must then be ""'
+    )
+  if config.optimizer.warmup_epochs >= stage1:
+    raise InputError(
+      f"config.optimizer.warmup_epochs = {config.optimizer.warmup_epochs} must be less than "
+      f"config.init.stage1_epochs = {stage1} (stage 1 runs the same schedule over its epochs)"
+    )
 
 
 def _check_host_fed(config) -> None:

@@ -62,6 +62,7 @@ ADDED_KEYS = {
   "distill.weight": 0.9,
   "distill.temperature": 4.0,
   "init.from_workdir": "",
+  "init.stage1_epochs": 0.0,
   "steps_per_call": 1,
   "data.cutout": 0,
   "data.mixup_alpha": 0.0,

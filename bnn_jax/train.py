@@ -6,6 +6,7 @@ checkpoints are bnn_jax.checkpointing. The model's static structure (graphdef) i
 and merged back inside jit (flax's "functional training loop").
 """
 
+import collections
 import pathlib
 from collections.abc import Callable
 
@@ -20,6 +21,8 @@ from bnn_jax import config_checks, distributed, interrupts, layers, optim, run, 
 from bnn_jax.checkpointing import Checkpoints
 from bnn_jax.data import DataSpec, in_memory, normalize, open_feed
 from bnn_jax.progress import NonFiniteLossError, Progress, kept
+
+IN_FLIGHT = 2  # jitted train calls the loop lets run ahead of the device (a stop waits for them)
 
 # ----------------------------------------------------------------------------- losses
 
@@ -226,9 +229,24 @@ def call_plan(start: int, stop: int, periods: tuple[int, ...], steps_per_call: i
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains config's model in workdir (resuming if it holds a checkpoint); returns final eval."""
+  """Trains config's model in workdir (resuming if it holds a checkpoint); returns final eval.
+
+  With config.init.stage1_epochs > 0, two stages (`stage_configs`): stage 1 in workdir/stage1
+  unless workdir already holds stage 2's checkpoint, then stage 2 in workdir.
+  """
   workdir = pathlib.Path(workdir)
   config_checks.check_config(config, jax.device_count())
+  if config.init.get("stage1_epochs", 0):
+    stage1, stage2 = stage_configs(config, workdir)
+    if not run.has_checkpoint(workdir):
+      logging.info(
+        "Two-stage training: stage 1 (float weights, binary activations, %g epochs) in %s",
+        stage1.num_epochs,
+        workdir / STAGE1_FOLDER,
+      )
+      train_and_evaluate(stage1, workdir / STAGE1_FOLDER)
+    logging.info("Two-stage training: stage 2 (%g epochs) in %s", stage2.num_epochs, workdir)
+    return train_and_evaluate(stage2, workdir)
   mesh = run.make_mesh()
   feed = open_feed(config, mesh)
   config_checks.check_against_data(config, feed.num_train)
@@ -238,6 +256,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with interrupts.critical():  # a signal must not cut config.json short
       run.prepare_workdir(workdir, config, feed.spec)
     return _train(config, workdir, feed, mesh, sources)
+
+
+STAGE1_FOLDER = "stage1"  # two stages in one run: stage 1's workdir inside the run's
+
+
+def stage_configs(config, workdir: pathlib.Path):
+  """(stage 1, stage 2) of a config with init.stage1_epochs > 0.
+
+  Stage 1: model.binary_weights False (float weights, binary activations), num_epochs =
+  init.stage1_epochs; stage 2: config itself with init.from_workdir = workdir/stage1. Both have
+  stage1_epochs 0, so each is an ordinary run (and what a run of two commands would be).
+  """
+  stage1, stage2 = config.copy_and_resolve_references(), config.copy_and_resolve_references()
+  stage1.model.binary_weights = False
+  stage1.num_epochs = float(config.init.stage1_epochs)
+  stage1.init.stage1_epochs = 0.0
+  stage2.init.stage1_epochs = 0.0
+  stage2.init.from_workdir = str(workdir / STAGE1_FOLDER)
+  return stage1, stage2
 
 
 def _open_sources(config, workdir: pathlib.Path, feed) -> dict:
@@ -312,9 +349,15 @@ def _train(config, workdir: pathlib.Path, feed, mesh, sources) -> dict[str, floa
     result = evaluate(state)
     _log_eval(metrics_log, start, start / steps_per_epoch, result)
   periods = (config.log_every_steps, eval_every, config.checkpoint_every_steps)
+  # Python would otherwise dispatch calls far ahead of the device (33 steps on a loaded CPU), and
+  # a stop must first wait for all of them. IN_FLIGHT calls queued keep the device busy.
+  in_flight = collections.deque()
   try:
     for steps, done in call_plan(start, stop, periods, config.steps_per_call):
       state, metrics = train_step(state, steps)
+      in_flight.append(metrics)
+      if len(in_flight) > IN_FLIGHT:
+        jax.block_until_ready(in_flight.popleft())
       progress.add(done, metrics, steps)
       interrupts.training_started()
       interrupts.hold("step", done)

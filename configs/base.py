@@ -81,6 +81,10 @@ def get_config() -> ml_collections.ConfigDict:
   # the workdir has no checkpoint of its own (a resumed run resumes from its own).
   c.init = ml_collections.ConfigDict()
   c.init.from_workdir = ""  # a finished run of the same data; "" = off
+  # Two-stage training in one command: > 0 first trains stage 1 (model.binary_weights False:
+  # float weights, binary activations) for this many epochs in WORKDIR/stage1, then this config
+  # from it (init.from_workdir = WORKDIR/stage1). Needs a binary model; not with from_workdir.
+  c.init.stage1_epochs = 0.0  # float >= 0; 0 = off
 
   c.batch_size = 128  # global, over all devices and processes
   c.eval_batch_size = 500

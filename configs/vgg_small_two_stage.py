@@ -6,6 +6,9 @@ Commands (stage 2 starts from stage 1's final checkpoint):
   python -m bnn_jax.main --config=configs/vgg_small_two_stage.py:2 \
     --workdir=/tmp/vgg_small_two_stage_2
 
+The same in one command: python -m bnn_jax.main --config=configs/vgg_small.py \
+  --config.init.stage1_epochs=200 --workdir=/tmp/vgg_small_two_stage (stage 1 in WORKDIR/stage1).
+
 Stage 1 trains the network with binary activations and float weights
 (`model.binary_weights = False`: float kernels where the binary net has binary ones, the same
 names and shapes), stage 2 the binary network (`model.binary_weights = True`) from stage 1's

@@ -249,3 +249,11 @@ def describe_estimate(runs: list[Run], parallel: int) -> str:
       f"about {parallel * chain_s:.0f} s of wall time with {parallel} at once"
     )
   return text
+
+
+if __name__ == "__main__":  # a library of launch/multi_run.py; run alone, it says so
+  print(__doc__.strip())
+  print(
+    "\nA library of launch/multi_run.py; to check a list: python launch/multi_run.py --check LIST"
+  )
+  sys.exit(0 if sys.argv[1:] in ([], ["-h"], ["--help"]) else 2)

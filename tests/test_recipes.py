@@ -168,16 +168,35 @@ def test_float_weights_with_binary_activations_mirror_the_binary_net():
     ("distill.teacher_workdir", 3, "config.distill.teacher_workdir = 3 has type int"),
     ("init.from_workdir", None, "config.init.from_workdir = None has type NoneType"),
     ("model.binary_weights", "no", "config.model.binary_weights = 'no' has type str"),
+    ("init.stage1_epochs", -1.0, "config.init.stage1_epochs = -1.0 is not allowed"),
+    (
+      "init.stage1_epochs,model.binary",
+      (1.0, False),
+      "config.init.stage1_epochs = 1.0 trains a binary network in two stages; it needs "
+      "config.model.binary = True and config.model.binary_weights = True",
+    ),
+    (
+      "init.stage1_epochs,init.from_workdir",
+      (1.0, "/elsewhere"),
+      "config.init.from_workdir (/elsewhere) must then be",
+    ),
+    (
+      "init.stage1_epochs,optimizer.warmup_epochs",
+      (1.0, 1.0),
+      "config.optimizer.warmup_epochs = 1.0 must be less than config.init.stage1_epochs = 1.0",
+    ),
   ],
 )
 def test_bad_recipe_values_fail_in_one_sentence(tmp_path, key, value, message):
   config = _test_config()
+  keys, values = (key.split(","), value) if "," in key else ([key], (value,))
   with config.ignore_type():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    for key, value in zip(keys, values):
+      node = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
   with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
     train.train_and_evaluate(config, tmp_path / "run")
   assert not (tmp_path / "run").exists()
@@ -342,6 +361,32 @@ def test_stage_two_starts_from_stage_ones_weights_and_then_resumes_on_its_own(ru
   config.max_steps = 2
   train.train_and_evaluate(config, tmp_path / "stage2")
   assert int(run.restore_state(tmp_path / "stage2")[3]["step"]) == 2
+
+
+@pytest.mark.slow  # trains a stage 1 and a stage 2
+def test_two_stages_in_one_command_equal_the_two_commands_and_resume(runs, tmp_path):
+  """init.stage1_epochs: stage 1 in WORKDIR/stage1, then stage 2 from it, bit for bit what the
+  two commands (the module's stage 1, then init.from_workdir) give; the same command again
+  trains nothing more and leaves stage 1 alone."""
+  one = tmp_path / "one"
+  config = _test_config(**{"init.stage1_epochs": 1.0, "num_epochs": 1.0})
+  train.train_and_evaluate(config, one)
+  stage1_config, _ = run.load_run(one / "stage1")
+  assert stage1_config.model.binary_weights is False and stage1_config.num_epochs == 1.0
+  two = _test_config(**{"init.from_workdir": str(runs / "stage1"), "num_epochs": 1.0})
+  train.train_and_evaluate(two, tmp_path / "two")
+  for a, b in ((one / "stage1", runs / "stage1"), (one, tmp_path / "two")):
+    got, want = run.restore_state(a)[3], run.restore_state(b)[3]
+    assert int(got["step"]) == int(want["step"]) == 4
+    jax.tree.map(np.testing.assert_array_equal, got["params"], want["params"])
+  saved = run.load_run(one)[0]
+  assert saved.init.from_workdir == str(one / "stage1") and saved.model.binary_weights is True
+  stage1_files = {p: p.stat().st_mtime_ns for p in (one / "stage1").rglob("*")}
+  again = train.train_and_evaluate(config, one)
+  # Stage 1 is not opened again (a run would rewrite its metrics.jsonl and lock its folder).
+  assert {p: p.stat().st_mtime_ns for p in (one / "stage1").rglob("*")} == stage1_files
+  evals = [json.loads(r) for r in (one / "metrics.jsonl").read_text().splitlines()]
+  assert again["accuracy"] == [r for r in evals if "eval/accuracy" in r][-1]["eval/accuracy"]
 
 
 @pytest.mark.slow
