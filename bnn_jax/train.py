@@ -205,9 +205,12 @@ def describe_run(config: ml_collections.ConfigDict, workdir) -> str:
   """One log line: what a run trains, how, and where (the whole config goes to config.json)."""
   opt = config.optimizer
   stop = f", stopping at step {config.max_steps}" if config.max_steps else ""
+  epochs = f"{config.num_epochs:g}"
+  if config.init.get("stage1_epochs", 0):  # two stages in one run
+    epochs = f"{config.init.stage1_epochs:g} epochs of stage 1 (float weights), then {epochs}"
   return (
     f"{config.model.name} ({'binary' if config.model.binary else 'float'}, width "
-    f"{config.model.width:g}) on {config.data.name}: {config.num_epochs:g} epochs{stop}, batch "
+    f"{config.model.width:g}) on {config.data.name}: {epochs} epochs{stop}, batch "
     f"{config.batch_size}, {opt.name} lr {opt.learning_rate:g} ({opt.schedule}); workdir "
     f"{workdir} (the full config: its config.json)"
   )
