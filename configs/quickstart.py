@@ -19,8 +19,9 @@ included, took 92 s of wall time (5.7-6.2 steps/s); full precision 95 s. On an i
 10:00 UTC, from a fresh clone and venv, `pip install -e .` before it took 27 s with pip's
 download cache warm. An earlier run on a shared machine (load 10 to 13) took 6.5 min of wall time.
 Tuning, each one run on the same machine and day (test accuracy at the end), before the 2x2
-max-pool got its own gradient (bnn_jax/pooling.py: the same numbers, compiled differently, which
-moved seed 0 from 87.75 to 85.90 %):
+max-pool got its own gradient (bnn_jax/pooling.py: bit for bit nnx.max_pool's values and
+gradients, but the train step around it compiles differently, which moved seed 0 from 87.75 to
+85.90 %):
   width 1/4, batch 128, 5 epochs (390 steps), pad-4 crop + flip, lr 1e-3   78.50 %
   width 1/4, batch 64, 3 epochs (468 steps), flip, lr 1e-3                 82.75 %
   width 1/4, batch 64, 3 epochs (468 steps), flip, lr 3e-3                 87.75 %  (this file)

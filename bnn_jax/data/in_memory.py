@@ -75,7 +75,7 @@ def mixup(images: jax.Array, key: jax.Array, alpha: float):
 
   lam ~ Beta(alpha, alpha), one per batch; perm a random permutation of the batch (the partner
   of example i is example perm[i]). Mixed in pixel units (0..255): normalization is affine, so
-  this equals mixing the normalized images.
+  this is mixing the normalized images (up to float rounding).
   """
   lam_key, perm_key = jax.random.split(key)
   lam = jax.random.beta(lam_key, alpha, alpha)
