@@ -3,7 +3,7 @@
 Lavin & Gray 2016, interpolation points 0, +-1, +-2 and infinity: a 4x4 output tile is
 Y = A^T [(G w G^T) * (B^T d B)] A, computed from a 6x6 input tile d with 36 products instead of
 144. `bnn_jax.conv` uses these transforms for the kernel gradient on the CPU (see its docstring
-for when). The forward pass never uses them: it must stay bit-exact.
+for when). The forward pass never uses them: it stays XLA's convolution, bit for bit.
 """
 
 import jax.numpy as jnp

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from bnn_jax import checkpointing, checksums
 from bnn_jax.errors import InputError
@@ -292,9 +293,19 @@ def test_export_reads_the_checkpoint_before_a_damaged_one_and_changes_nothing(tr
   workdir = copy_of(trained, tmp_path)
   flip(data_files(workdir / "checkpoints" / "12")[0], 0.5)
   before = snapshot(workdir)
+  assert int(run.restore_state(workdir)[3]["step"]) == 8
   _, _, model = run.restore_model(workdir)
   assert export.program_of_model(*run.load_run(workdir), model).ops
   assert snapshot(workdir) == before
+  # The weights are step 8's: those of a copy without step 12, not those of the intact run.
+  without_12 = tmp_path / "without_12"
+  shutil.copytree(trained, without_12)
+  shutil.rmtree(without_12 / "checkpoints" / "12")
+  params = lambda model: jax.tree.leaves(nnx.state(model, nnx.Param))
+  read, step_8 = params(model), params(run.restore_model(without_12)[2])
+  step_12 = params(run.restore_model(trained)[2])
+  assert all(np.array_equal(a, b) for a, b in zip(read, step_8, strict=True))
+  assert any(not np.array_equal(a, b) for a, b in zip(read, step_12, strict=True))
 
 
 def test_export_of_a_run_without_a_readable_checkpoint_exits_2_and_changes_nothing(

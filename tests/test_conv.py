@@ -1,5 +1,6 @@
-"""bnn_jax.conv: the matrix-product gradients equal lax.conv_general_dilated's on every layer shape
-the models use; the backend switch; nnx.Conv and the models wired to it."""
+"""bnn_jax.conv: the forward pass equals lax.conv_general_dilated's bit for bit and the
+matrix-product gradients equal lax's to float rounding on every layer shape the models use; the
+backend switch; nnx.Conv and the models wired to it."""
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,12 @@ def _inputs(x_shape, w_shape, dtype=jnp.float32, seed=0):
   return jax.random.normal(kx, x_shape, dtype), jax.random.normal(kw, w_shape, dtype)
 
 
+def _bits(a):
+  """The raw bits, so that equal means bit for bit (-0.0 against 0.0 and NaNs included)."""
+  a = np.asarray(a)
+  return a.view({2: np.int16, 4: np.int32, 8: np.int64}[a.dtype.itemsize])
+
+
 def _value_and_grads(fn, x, w, cotangent):
   y, vjp = jax.vjp(fn, x, w)
   return (y, *vjp(cotangent))
@@ -63,6 +70,8 @@ def _check_layer(name, dtype=jnp.float32, rtol=1e-5, atol=1e-4):
   actual = jax.jit(lambda x, w, c: _value_and_grads(ours, x, w, c))(x, w, cotangent)
   for what, a, e in zip(("output", "input gradient", "kernel gradient"), actual, expected):
     assert a.shape == e.shape and a.dtype == e.dtype, what
+    if what == "output":  # XLA's convolution itself: bit for bit
+      np.testing.assert_array_equal(_bits(a), _bits(e), err_msg=f"{name}: {what}")
     np.testing.assert_allclose(
       np.float32(a), np.float32(e), rtol=rtol, atol=atol, err_msg=f"{name}: {what}"
     )
@@ -71,6 +80,23 @@ def _check_layer(name, dtype=jnp.float32, rtol=1e-5, atol=1e-4):
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_matmul_gradients_equal_lax_on_every_model_layer_shape(name):
   _check_layer(name)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_forward_is_lax_bit_for_bit_and_xla_gradients_are_lax_own(name):
+  # The forward pass, jitted or not, with either backward pass; matmul_gradients=False (what
+  # GPU and TPU get) gives lax's own gradients, bit for bit too.
+  x_shape, w_shape, strides, padding, groups = LAYERS[name]
+  x, w = _inputs(x_shape, w_shape)
+  ref = lambda x, w: _reference(x, w, strides, padding, groups)
+  cotangent = jax.random.normal(jax.random.key(1), ref(x, w).shape)
+  for matmul in (True, False):
+    ours = lambda x, w, m=matmul: conv.conv2d(x, w, strides, padding, groups, matmul_gradients=m)
+    np.testing.assert_array_equal(_bits(ours(x, w)), _bits(ref(x, w)))
+    np.testing.assert_array_equal(_bits(jax.jit(ours)(x, w)), _bits(jax.jit(ref)(x, w)))
+  xla = lambda x, w: conv.conv2d(x, w, strides, padding, groups, matmul_gradients=False)
+  for a, e in zip(_value_and_grads(xla, x, w, cotangent), _value_and_grads(ref, x, w, cotangent)):
+    np.testing.assert_array_equal(_bits(a), _bits(e))
 
 
 @pytest.mark.parametrize(

@@ -247,8 +247,14 @@ def test_gpu_script_runs_two_at_once_skips_finished_runs_and_stops_in_its_budget
     ("run_b", "0", "done"),
   ]
   for r in rows:
-    assert r["steps"] == "8" and r["epochs"] == "2.0" and 0 <= float(r["test_accuracy"]) <= 1
-    assert float(r["best_test_accuracy"]) >= float(r["test_accuracy"])
+    assert r["steps"] == "8" and r["epochs"] == "2.0"
+    # The accuracies are the trainer's own evaluations (steps 4 and 8), copied exactly.
+    metrics = tmp_path / "work" / "runs" / r["name"] / "seed_0" / "metrics.jsonl"
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    evals = {m["step"]: m["eval/accuracy"] for m in logged if "eval/accuracy" in m}
+    assert sorted(evals) == [4, 8] and all(0 <= a <= 1 for a in evals.values())
+    assert float(r["test_accuracy"]) == evals[8]
+    assert float(r["best_test_accuracy"]) == max(evals.values())
     assert r["device"] == "1 x cpu" and r["data"] == "npz:decoded" and float(r["wall_s"]) > 0
   # Two at once: both started before either finished.
   assert log.index("start run_b") < log.index("done run_")

@@ -1,6 +1,6 @@
 """bnn_jax.pooling: the 2x2 max-pool equals nnx.max_pool bit for bit forward and backward (ties,
-NaN, +-inf and +-0 included),
-takes its own cheap path on the CPU backend and lax's reduce_window elsewhere."""
+NaN, +-inf and +-0 included), takes its own cheap path on the CPU backend and lax's reduce_window
+elsewhere."""
 
 import jax
 import jax.numpy as jnp

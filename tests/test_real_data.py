@@ -5,9 +5,11 @@ The images are the Fashion-MNIST subset bundled with bnn_jax (data.name "fashion
 test runs everywhere, without the Debian package.
 """
 
+import pathlib
+
 import pytest
 
-from bnn_jax import run
+from bnn_jax import data, run
 
 # The run of the fashion_mnist_small_run fixture (conftest.py): 1 epoch over the 10,000 bundled
 # training images (78 steps of 128), evaluated on the 2,000 bundled test images.
@@ -30,3 +32,19 @@ def test_binary_fashion_mnist_learns(fashion_mnist_small_run):
   assert [r["step"] for r in logged if "train/loss" in r][-1] == 78
   assert any("train_mean/alpha/conv1" in r for r in logged)
   assert any("train_mean/beta/act1" in r for r in logged)
+
+
+SOURCE = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(
+  not (SOURCE / "train-images-idx3-ubyte.gz").exists(), reason="no Debian dataset-fashion-mnist"
+)
+def test_the_bundled_subset_is_what_its_script_builds_byte_for_byte(tmp_path):
+  # launch/make_fashion_mnist_small.py says the same source files give identical files.
+  from launch import make_fashion_mnist_small
+
+  assert make_fashion_mnist_small.main(["--output", str(tmp_path)]) == 0
+  shipped = pathlib.Path(data.__file__).parent / "fashion_mnist_small"
+  for name in ("train.npz", "test.npz"):
+    assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name

@@ -308,6 +308,22 @@ def test_steps_per_call_repeats_exactly_across_a_resume_and_agrees_with_single_s
   assert single["loss"] == pytest.approx(straight["loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # two short runs
+def test_steps_per_call_binary_net_starts_as_single_steps(tmp_path, test_config):
+  """The binary net: the first step's loss agrees with 1-step calls to float round-off (same
+  parameters, same batch; measured equal); later steps may drift apart, since a binary net
+  turns round-off into flipped signs (configs/base.py says so), so they are not compared."""
+  assert test_config.model.binary
+  test_config.update(log_every_steps=4, eval_every_epochs=3.0, max_steps=4)  # one 4-step call
+  losses = {}
+  for k in (1, 4):
+    test_config.steps_per_call = k
+    train.train_and_evaluate(test_config, tmp_path / str(k))
+    losses[k] = logged_losses(tmp_path / str(k))
+    assert sorted(losses[k]) == [1, 2, 3, 4]
+  assert losses[4][1] == pytest.approx(losses[1][1], rel=1e-5)
+
+
 def test_steps_per_call_is_checked(test_config):
   from bnn_jax import config_checks
   from configs import resnet18_imagenet

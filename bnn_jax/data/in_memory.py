@@ -75,7 +75,7 @@ def mixup(images: jax.Array, key: jax.Array, alpha: float):
 
   lam ~ Beta(alpha, alpha), one per batch; perm a random permutation of the batch (the partner
   of example i is example perm[i]). Mixed in pixel units (0..255): normalization is affine, so
-  this equals mixing the normalized images.
+  this is mixing the normalized images (up to float rounding).
   """
   lam_key, perm_key = jax.random.split(key)
   lam = jax.random.beta(lam_key, alpha, alpha)
@@ -197,10 +197,12 @@ class InMemoryFeed:
     count `steps` is an argument (one compiled function for every call size), each metric
     stacked [k] (row i: step i of the call; rows from `steps` on are zeros), each epoch's
     permutation (a sort of the whole training set) drawn once a call, not once a step. XLA
-    compiles a step inside a loop a little differently from a step alone: the two agree to
-    float round-off, not bit for bit; runs of one k repeat exactly. On XLA:CPU a loop runs about
-    20x slower than its steps alone (measured): keep k = 1 on CPU. `teacher` (a pytree or None)
-    goes to update unchanged, as an argument of the jitted step that is not donated.
+    compiles a step inside a loop a little differently from a step alone (other fusions, other
+    orders of float sums): the same batches, losses that agree to float round-off, not bit for
+    bit (a binary net amplifies the round-off over the steps); runs of one k repeat exactly. On
+    XLA:CPU a loop runs about 20x slower than its steps alone (measured): keep k = 1 on CPU.
+    `teacher` (a pytree or None) goes to update unchanged, as an argument of the jitted step that
+    is not donated.
     """
     del first_step  # the batch follows from state["step"]
     config, num_train = self.config, self.num_train
