@@ -6,9 +6,10 @@ keeping and evaluation, against the whole trainer, in one process.
 
 Rows, each in ms per training step (the median of --repeats timings of --steps steps):
   (a) step       train_speed.py's figure: the jitted, donated update on one fixed batch
-  (b) gather     the batch's indices (the epoch's permutation, drawn every step at
-                 steps_per_call 1, once a call else) and the images and labels taken from the
-                 training set on the device, as in_memory's train step does, jitted alone
+  (b) gather     the batch's indices (from the epoch's permutation, drawn once an epoch) and the
+                 images and labels taken from the training set on the device, as in_memory's
+                 train step does, jitted alone; "as before 1838b6c" draws the permutation in
+                 every call (every step at steps_per_call 1), as the step did until then
   (c) augment    in_memory.augment (config.data.augment) and mix_and_cut, jitted alone: the
                  config's switches, then cutout 16, mixup 0.2 and cutmix 1.0 each on their own
   (d) metrics    progress.Progress keeping the step's metrics (already computed) and flushing
@@ -64,8 +65,11 @@ def loop(fn, block):
   return run
 
 
-def gather_ms(feed, config, steps_per_call: int) -> float:
-  """(b): the batch of a step from the training set on the device, as in_memory picks it."""
+def gather_ms(feed, config, steps_per_call: int) -> tuple[float, float]:
+  """(b): (ms per step now, ms per step before 1838b6c) of the batch of a step taken from the
+  training set on the device, as in_memory picks it: now with each epoch's permutation drawn
+  once an epoch (the epochs a call can reach: 1 at steps_per_call 1, else 2), before with it
+  drawn in every call (every step at steps_per_call 1)."""
   import jax
   import jax.numpy as jnp
 
@@ -74,30 +78,33 @@ def gather_ms(feed, config, steps_per_call: int) -> float:
   data = feed._replicated({"images": feed.ds.train_images, "labels": feed.ds.train_labels})
   key = jax.random.split(jax.random.key(config.seed))[0]
   per_epoch = feed.num_train // config.batch_size
+  spanned = 1 if steps_per_call == 1 else 2
 
   @jax.jit
-  def gather(data, step):
-    perm = in_memory.epoch_permutation(step // per_epoch, feed.num_train, key)
-    idx = in_memory.batch_of_epoch(perm, step, config.batch_size)
-    return data["images"][idx], data["labels"][idx]
-
-  @jax.jit
-  def gather_call(data, step):  # steps_per_call > 1: the permutations once a call
-    perms = jnp.stack(
-      [in_memory.epoch_permutation(step // per_epoch + e, feed.num_train, key) for e in range(2)]
+  def permutations(epoch):
+    return jnp.stack(
+      [in_memory.epoch_permutation(epoch + e, feed.num_train, key) for e in range(spanned)]
     )
+
+  def take(data, perms, step, first):  # a call's batches from its epochs' permutations
     out = []
     for i in range(steps_per_call):
       idx = in_memory.batch_of_epoch(
-        perms[(step + i) // per_epoch - step // per_epoch], step + i, config.batch_size
+        perms[(step + i) // per_epoch - first], step + i, config.batch_size
       )
       out.append((data["images"][idx], data["labels"][idx]))
     return out
 
-  if steps_per_call == 1:
-    return timed_median(loop(lambda i: gather(data, jnp.int32(i)), jax.block_until_ready))
-  calls = loop(lambda i: gather_call(data, jnp.int32(i * steps_per_call)), jax.block_until_ready)
-  return timed_median(calls) / steps_per_call
+  taken = jax.jit(take)
+  drawn_in_call = jax.jit(
+    lambda data, step: take(data, permutations(step // per_epoch), step, step // per_epoch)
+  )
+  perms = permutations(jnp.int32(0))
+  block = jax.block_until_ready
+  now = timed_median(loop(lambda i: taken(data, perms, jnp.int32(i * steps_per_call), 0), block))
+  drawing = timed_median(loop(lambda i: permutations(jnp.int32(i)), block))
+  before = timed_median(loop(lambda i: drawn_in_call(data, jnp.int32(i * steps_per_call)), block))
+  return (now + drawing / per_epoch * steps_per_call) / steps_per_call, before / steps_per_call
 
 
 def augment_ms(feed, config, switches: dict) -> float:
@@ -255,13 +262,14 @@ def main(argv):
     name = ", ".join(f"{k} {v}" for k, v in switches.items())
     augments.append((f"  + {name}", augment_ms(feed, feed_config, switches)))
   for k in ks:
-    gather = gather_ms(feed, feed_config, k)
+    gather, gather_before = gather_ms(feed, feed_config, k)
     kept = metrics_ms(feed_config, metrics, k)
     whole = FLAGS.batch_size / end_to_end.trainer_rate(config, variant, k) * 1000
     print(f"\nsteps_per_call {k}:            ms/step   share of (f)")
     rows = [
       ("(a) step (fixed batch)", step),
       ("(b) gather", gather),
+      ("(b) gather as before 1838b6c", gather_before),
       *[(f"(c) {name}", ms) for name, ms in augments],
       (f"(d) metrics (flush every {FLAGS.window_steps})", kept),
       ("(f) trainer", whole),
