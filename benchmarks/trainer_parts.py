@@ -41,7 +41,11 @@ import train_speed  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("test_size", 10_000, "Fake test images the evaluation goes through.")
-flags.DEFINE_list("switches", ["cutout=16", "mixup_alpha=0.2", "cutmix_alpha=1.0"], "Timed alone.")
+flags.DEFINE_list(
+  "switches",
+  ["cutout=16", "mixup_alpha=0.2", "cutmix_alpha=1.0"],
+  "config.data key=value switches, each timed on its own in (c).",
+)
 
 
 def timed_median(run_steps) -> float:
