@@ -8,6 +8,8 @@ the step counter alone: nothing to prefetch, nothing to starve, and a resumed ru
 the batches it would have seen.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -220,7 +222,7 @@ class InMemoryFeed:
     # The epochs one call can reach: its first step's and, for k > 1, the ones after it.
     spanned_epochs = 1 if steps_per_call == 1 else (steps_per_call - 1) // steps_per_epoch + 2
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=NamedSharding(self.mesh, P()))  # on every device
     def permutations(first_epoch):  # [spanned_epochs, num_train]: the epochs from first_epoch
       shuffle_key = jax.random.split(key)[0]
       epochs = [first_epoch + e for e in range(spanned_epochs)]
