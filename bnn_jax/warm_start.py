@@ -7,6 +7,7 @@ import numpy as np
 
 from bnn_jax import layers
 from bnn_jax.data import DataSpec
+from bnn_jax.data.in_memory import SWITCHES
 from bnn_jax.errors import InputError
 from bnn_jax.run import (
   RUN_CONTROL_KEYS,
@@ -20,11 +21,16 @@ from bnn_jax.run import (
 
 
 def _data_differences(config, spec: DataSpec, source, source_spec: DataSpec) -> list[str]:
-  """What differs between two runs' data: config.data keys (augmentation aside) and DataSpec."""
+  """What differs between two runs' data: config.data keys and DataSpec.
+
+  Augmentation (data.augment, and the switches cutout, mixup_alpha, cutmix_alpha) is not a
+  difference: a student may augment otherwise than its teacher or its stage 1.
+  """
   flat, saved = flatten_config(config.data, "data."), flatten_config(source.data, "data.")
+  augmentation = {"data.augment", *(f"data.{k}" for k in SWITCHES)}
   out = [
     f"{k}: {saved.get(k)!r} there, {flat.get(k)!r} here"
-    for k in sorted((set(flat) | set(saved)) - set(RUN_CONTROL_KEYS) - {"data.augment"})
+    for k in sorted((set(flat) | set(saved)) - set(RUN_CONTROL_KEYS) - augmentation)
     if flat.get(k) != saved.get(k)
   ]
   if not out and source_spec != spec:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bnn_jax import config_checks, run, train
-from bnn_jax.data import in_memory
+from bnn_jax.data import in_memory, sources
 from bnn_jax.errors import InputError
 
 
@@ -160,6 +160,23 @@ def _feed_outputs(config, start, steps_per_call=1, calls=1):
     state, seen = step(state, steps_per_call)
     out.append(jax.device_get(seen))
   return out
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_the_steps_take_the_batches_of_their_epochs_permutation(test_config, steps_per_call):
+  """Calls from step 3 through three epochs (4 steps each; the permutation is drawn once an
+  epoch, outside the step): each step's images are those train_batch_indices picks."""
+  test_config.data.augment = "none"
+  calls = 9 // steps_per_call
+  out = _feed_outputs(test_config, 3, steps_per_call, calls)
+  rows = (lambda o: [o["images"]]) if steps_per_call == 1 else (lambda o: list(o["images"]))
+  seen = [images for o in out for images in rows(o)]
+  ds = sources.load_fake(test_config.data)
+  key = jax.random.split(jax.random.key(test_config.seed))[0]
+  for i, images in enumerate(seen):
+    idx = in_memory.train_batch_indices(3 + i, len(ds.train_labels), test_config.batch_size, key)
+    np.testing.assert_array_equal(images, ds.train_images[np.asarray(idx)], err_msg=f"step {3 + i}")
+  assert len(seen) == 9 and np.any(seen[1] != seen[5])  # steps 4 and 8: same place, new epoch
 
 
 @pytest.mark.parametrize("switch", ["cutout", "mixup_alpha", "cutmix_alpha"])

@@ -328,6 +328,25 @@ def test_bad_teacher_folders_fail_in_one_sentence_before_the_run_starts(
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("key", ["distill.teacher_workdir", "init.from_workdir"])
+def test_augmentation_switches_are_no_data_difference_but_the_dataset_is(tiny_run, key):
+  """A student with cutout, mixup or cutmix reads a source trained without them; a student on
+  another dataset is refused, in one sentence naming the key."""
+  source = tiny_run[1]  # a finished run of configs/test.py: no cutout, mixup or cutmix
+  spec = run.load_run(source)[1]
+  num_train = tiny_run[0].data.fake_train_size
+  for switches in ({"cutout": 4, "mixup_alpha": 0.2}, {"cutmix_alpha": 1.0, "augment": "none"}):
+    config = _test_config(**{key: str(source)}, **{f"data.{k}": v for k, v in switches.items()})
+    restored = warm_start.open_source_run(key, config, spec, num_train)
+    assert int(restored[3]["step"]) == 12
+  config = _test_config(**{key: str(source), "data.name": "npz", "data.cutout": 4})
+  with pytest.raises(
+    InputError,
+    match=rf"config.{key} = '.*' holds a run on other data \(data.name: 'fake' there, 'npz' here\)",
+  ):
+    warm_start.open_source_run(key, config, spec, num_train)
+
+
 @pytest.mark.slow  # two runs through train_and_evaluate
 def test_stage_two_starts_from_stage_ones_weights_and_then_resumes_on_its_own(runs, tmp_path):
   stage1 = tmp_path / "stage1"

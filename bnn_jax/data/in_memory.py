@@ -1,11 +1,14 @@
 """Small image datasets held in memory and on the device; knows nothing of models.
 
 The datasets come from `bnn_jax.data.sources`. The whole dataset (uint8) is placed on the devices
-once. Per-epoch shuffling, batch selection and augmentation (`augment`: pad-4 random crop and/or
-horizontal flip; then, where switched on, `cutout` and one of `mixup` and `cutmix`) then run on
-the device inside the jitted train step, from the step counter alone: nothing to prefetch,
-nothing to starve, and a resumed run sees exactly the batches it would have seen.
+once. Per-epoch shuffling (one jitted call per epoch), batch selection and augmentation
+(`augment`: pad-4 random crop and/or horizontal flip; then, where switched on, `cutout` and one
+of `mixup` and `cutmix`) then run on the device, the last two inside the jitted train step, from
+the step counter alone: nothing to prefetch, nothing to starve, and a resumed run sees exactly
+the batches it would have seen.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -167,8 +170,9 @@ def pad_for_eval(images: np.ndarray, labels: np.ndarray, batch_size: int):
 class InMemoryFeed:
   """The whole dataset replicated on the devices; each step picks its batch from the step number.
 
-  Per-epoch shuffling, batch selection and augmentation run inside the jitted step, so nothing
-  is prefetched and a resumed run sees exactly the batches an uninterrupted one would have.
+  Batch selection and augmentation run inside the jitted step, the epoch's shuffling on the
+  device once an epoch, so nothing is prefetched and a resumed run sees exactly the batches an
+  uninterrupted one would have.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -193,30 +197,41 @@ class InMemoryFeed:
   def train_step(self, update, first_step: int, teacher=None, steps_per_call: int = 1):
     """step(state, steps=1) -> (state, metrics): `steps` <= steps_per_call train steps, one call.
 
+    The first call gets the state of step `first_step`, each later one the state the call
+    before returned (the training loop's order; a resumed run starts a new step function).
+    Each epoch's permutation (a sort of the whole training set) is drawn once, in its own
+    jitted call when the epoch starts, and handed to the step with the step's other arguments:
+    drawn inside every step it took 26-62 ms of a 320-650 ms CPU trainer step at CIFAR-10's
+    50,000 images, 0.4-0.7 ms once an epoch (benchmarks/trainer_parts.py, loaded 2-core CPU).
+    The permutation follows from the epoch alone, so the batches are those of
+    train_batch_indices either way.
+
     steps_per_call = 1: one plain jitted step; scalar metrics. k > 1: one jitted loop whose trip
     count `steps` is an argument (one compiled function for every call size), each metric
-    stacked [k] (row i: step i of the call; rows from `steps` on are zeros), each epoch's
-    permutation (a sort of the whole training set) drawn once a call, not once a step. XLA
-    compiles a step inside a loop a little differently from a step alone (other fusions, other
-    orders of float sums): the same batches, losses that agree to float round-off, not bit for
-    bit (a binary net amplifies the round-off over the steps); runs of one k repeat exactly. On
-    XLA:CPU a loop runs about 20x slower than its steps alone (measured): keep k = 1 on CPU.
-    `teacher` (a pytree or None) goes to update unchanged, as an argument of the jitted step that
-    is not donated.
+    stacked [k] (row i: step i of the call; rows from `steps` on are zeros). XLA compiles a step
+    inside a loop a little differently from a step alone (other fusions, other orders of float
+    sums): the same batches, losses that agree to float round-off, not bit for bit (a binary net
+    amplifies the round-off over the steps); runs of one k repeat exactly. On XLA:CPU a loop runs
+    about 20x slower than its steps alone (measured): keep k = 1 on CPU. `teacher` (a pytree or
+    None) goes to update unchanged, as an argument of the jitted step that is not donated.
     """
-    del first_step  # the batch follows from state["step"]
     config, num_train = self.config, self.num_train
     data = self._replicated({"images": self.ds.train_images, "labels": self.ds.train_labels})
     batch_sharding = NamedSharding(self.mesh, P("data"))
     key = jax.random.key(config.seed)
     steps_per_epoch = num_train // config.batch_size
     fill = np.round(np.asarray(self.spec.mean) * 255).astype(np.uint8)  # cutout: the mean pixel
-    spanned_epochs = (steps_per_call - 1) // steps_per_epoch + 2  # at most, by one call
+    # The epochs one call can reach: its first step's and, for k > 1, the ones after it.
+    spanned_epochs = 1 if steps_per_call == 1 else (steps_per_call - 1) // steps_per_epoch + 2
+
+    @functools.partial(jax.jit, out_shardings=NamedSharding(self.mesh, P()))  # on every device
+    def permutations(first_epoch):  # [spanned_epochs, num_train]: the epochs from first_epoch
+      shuffle_key = jax.random.split(key)[0]
+      epochs = [first_epoch + e for e in range(spanned_epochs)]
+      return jnp.stack([epoch_permutation(e, num_train, shuffle_key) for e in epochs])
 
     def one_step(state, data, teacher, perm):
-      shuffle_key, augment_key = jax.random.split(key)
-      if perm is None:  # a step alone draws its epoch's permutation
-        perm = epoch_permutation(state["step"] // steps_per_epoch, num_train, shuffle_key)
+      augment_key = jax.random.split(key)[1]
       idx = batch_of_epoch(perm, state["step"], config.batch_size)
       idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
       step_key = lambda: jax.random.fold_in(augment_key, state["step"])
@@ -225,12 +240,7 @@ class InMemoryFeed:
         images, mix = mix_and_cut(images, data["labels"][idx], step_key(), config.data, fill)
       return update(state, images, data["labels"][idx], teacher, mix)
 
-    def train_steps(state, data, teacher, steps):
-      shuffle_key = jax.random.split(key)[0]
-      first_epoch = state["step"] // steps_per_epoch
-      perms = jnp.stack(
-        [epoch_permutation(first_epoch + e, num_train, shuffle_key) for e in range(spanned_epochs)]
-      )
+    def train_steps(state, data, teacher, steps, perms, first_epoch):
       perm_of = lambda state: perms[state["step"] // steps_per_epoch - first_epoch]
       shapes = jax.eval_shape(lambda s: one_step(s, data, teacher, perm_of(s))[1], state)
       rows = jax.tree.map(lambda s: jnp.zeros((steps_per_call, *s.shape), s.dtype), shapes)
@@ -243,12 +253,27 @@ class InMemoryFeed:
       return jax.lax.fori_loop(0, steps, body, (state, rows))
 
     if steps_per_call == 1:
-      step = jax.jit(
-        lambda state, data, teacher: one_step(state, data, teacher, None), donate_argnums=0
+      jitted = jax.jit(
+        lambda state, data, teacher, perms, first_epoch: one_step(state, data, teacher, perms[0]),
+        donate_argnums=0,
       )
-      return lambda state, steps=1: step(state, data, teacher)
-    step = jax.jit(train_steps, donate_argnums=0)
-    return lambda state, steps=1: step(state, data, teacher, steps)
+    else:
+      jitted = jax.jit(train_steps, donate_argnums=0)
+    now = {"step": first_step, "epoch": None, "args": ()}  # the host's copy of the step
+
+    def step(state, steps=1):
+      epoch = now["step"] // steps_per_epoch
+      if epoch != now["epoch"]:  # the epoch's first call: its permutations, on the device
+        first_epoch = jnp.int32(epoch)
+        now["epoch"], now["args"] = epoch, (permutations(first_epoch), first_epoch)
+      if steps_per_call == 1:
+        out = jitted(state, data, teacher, *now["args"])
+      else:
+        out = jitted(state, data, teacher, steps, *now["args"])
+      now["step"] += steps
+      return out
+
+    return step
 
   def evaluator(self, eval_sums):
     size = self.config.eval_batch_size
