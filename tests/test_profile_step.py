@@ -12,7 +12,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import profile_step  # noqa: E402
+import trace_ops  # noqa: E402  (no absl flags: importing profile_step would define them)
 
 
 def meta(pid, name, tid=None):
@@ -41,9 +41,9 @@ GPU_TRACE = [
 
 
 def test_device_ops_are_the_streams_kernels_by_hlo_op_without_derived_lines():
-  source, events = profile_step.op_events(GPU_TRACE)
+  source, events = trace_ops.op_events(GPU_TRACE)
   assert source == "device, kernels of its streams by hlo_op"
-  assert [profile_step.op_name(e) for e in events] == [
+  assert [trace_ops.op_name(e) for e in events] == [
     "convolution.3",
     "convolution.4",
     "fusion.7",
@@ -51,7 +51,7 @@ def test_device_ops_are_the_streams_kernels_by_hlo_op_without_derived_lines():
   ]
   # An "XLA Ops" line, where the trace has one, is the ops' own (the kernels would repeat it).
   with_line = GPU_TRACE + [meta(2, "XLA Ops", tid=101), op(2, 101, "convolution.3", 0, 31)]
-  source, events = profile_step.op_events(with_line)
+  source, events = trace_ops.op_events(with_line)
   assert source == "device, the trace's XLA Ops line" and len(events) == 1
 
 
@@ -62,22 +62,22 @@ def test_host_ops_on_a_cpu_are_the_events_that_name_an_hlo_op():
     op(7, 3, "end: ynn_fusion", 20, 1),
     op(7, 4, "ThunkExecutor::Execute (wait for completion)", 0, 25),
   ]
-  source, events = profile_step.op_events(trace)
+  source, events = trace_ops.op_events(trace)
   assert source.startswith("host CPU threads") and len(events) == 1
 
 
 def test_the_table_sums_by_op_and_by_kind_and_busy_time_merges_overlaps():
-  _, events = profile_step.op_events(GPU_TRACE)
-  lines, total_us = profile_step.summarize(events, steps=2, top=2)
+  _, events = trace_ops.op_events(GPU_TRACE)
+  lines, total_us = trace_ops.summarize(events, steps=2, top=2)
   assert total_us == 75
   text = "\n".join(lines)
   assert "top 2 ops by time" in text and "top 2 kinds of op by time" in text
   rows = [line.split() for line in lines if re.match(r" +\d+  ", line)]
   assert rows[0][:4] == ["1", "convolution.3", "1", "0.030"] and rows[0][4] == "0.015"
   assert rows[2][:3] == ["1", "convolution", "2"] and rows[2][-2] == "80.0"  # 60 of 75 us
-  assert profile_step.kind("fusion.12") == "fusion" and profile_step.kind("dot") == "dot"
+  assert trace_ops.kind("fusion.12") == "fusion" and trace_ops.kind("dot") == "dot"
   overlapping = [op(0, 0, "a", 0, 10), op(0, 1, "b", 5, 10), op(0, 0, "c", 30, 5)]
-  assert profile_step.busy_us(overlapping) == 15 + 5
+  assert trace_ops.busy_us(overlapping) == 15 + 5
 
 
 def table_rows(text: str, title: str) -> list[list[str]]:
