@@ -170,7 +170,10 @@ def restore_latest(manager, state, workdir, keep: int, read_only: bool = False):
       if problem is None:
         if moved:
           manager = _reopen(manager, workdir, keep)
-        logging.info("Resumed from the checkpoint of step %d.", step)
+        if read_only:  # another run's (a teacher, a stage 1, an export): nothing resumes
+          logging.info("Read the checkpoint of step %d of %s.", step, workdir)
+        else:
+          logging.info("Resumed from the checkpoint of step %d.", step)
         return restored, manager
     if read_only:
       skipped.append(f"step {step}: {problem}")
