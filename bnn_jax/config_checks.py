@@ -251,7 +251,7 @@ def _check_host_fed(config) -> None:
       f"config.data.eval_resize = {data.eval_resize} must be at least config.data.image_size "
       f"= {data.image_size} (evaluation center-crops image_size from the resized image)"
     )
-  for key in ("cutout", "mixup_alpha", "cutmix_alpha"):
+  for key in in_memory.SWITCHES:
     if data[key]:
       raise InputError(
         f"config.data.{key} = {data[key]} is not supported for host-fed data ({data.name!r}), "

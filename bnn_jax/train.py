@@ -52,15 +52,18 @@ def distillation_loss(
   return temperature**2 * jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
 
 
-def mixed_cross_entropy(logits, labels, smoothing: float = 0.0, mix=None) -> jax.Array:
-  """Per-example cross-entropy [B]; with mix {"labels", "lam"} (mixup, cutmix; in_memory's
-  mix_and_cut) lam * CE(labels) + (1 - lam) * CE(mix["labels"]), each with label smoothing."""
+def _mixed(per_example: Callable, labels, mix) -> jax.Array:
+  """per_example(labels) [B]; with mix {"labels", "lam"} (mixup, cutmix; in_memory's
+  mix_and_cut) lam * per_example(labels) + (1 - lam) * per_example(mix["labels"])."""
   if mix is None:
-    return cross_entropy(logits, labels, smoothing)
+    return per_example(labels)
   lam = mix["lam"]
-  return lam * cross_entropy(logits, labels, smoothing) + (1 - lam) * cross_entropy(
-    logits, mix["labels"], smoothing
-  )
+  return lam * per_example(labels) + (1 - lam) * per_example(mix["labels"])
+
+
+def mixed_cross_entropy(logits, labels, smoothing: float = 0.0, mix=None) -> jax.Array:
+  """Per-example cross-entropy [B], each with label smoothing, mixed by `mix` (see _mixed)."""
+  return _mixed(lambda y: cross_entropy(logits, y, smoothing), labels, mix)
 
 
 def training_loss(
@@ -124,11 +127,7 @@ def make_update(graphdef, tx, schedule, config, spec: DataSpec, teacher_graphdef
     )
     rest = nnx.split(model, nnx.Param, ...)[2]
     predicted = jnp.argmax(logits, -1)
-    if mix is None:
-      accuracy = jnp.mean(predicted == labels)
-    else:
-      lam = mix["lam"]
-      accuracy = jnp.mean(lam * (predicted == labels) + (1 - lam) * (predicted == mix["labels"]))
+    accuracy = jnp.mean(_mixed(lambda y: predicted == y, labels, mix))
     return loss, (parts, accuracy, rest)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -234,10 +234,10 @@ class InMemoryFeed:
       augment_key = jax.random.split(key)[1]
       idx = batch_of_epoch(perm, state["step"], config.batch_size)
       idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
-      step_key = lambda: jax.random.fold_in(augment_key, state["step"])
-      images, mix = augment(data["images"][idx], step_key(), config.data.augment), None
+      step_key = jax.random.fold_in(augment_key, state["step"])
+      images, mix = augment(data["images"][idx], step_key, config.data.augment), None
       if any(config.data.get(k, 0) for k in SWITCHES):  # off: the program traced before them
-        images, mix = mix_and_cut(images, data["labels"][idx], step_key(), config.data, fill)
+        images, mix = mix_and_cut(images, data["labels"][idx], step_key, config.data, fill)
       return update(state, images, data["labels"][idx], teacher, mix)
 
     def train_steps(state, data, teacher, steps, perms, first_epoch):
