@@ -20,26 +20,33 @@ from bnn_jax.errors import InputError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "tensorflow", "tensorflow_datasets")
-BLOCKER = textwrap.dedent(
-  f"""
-  import importlib.abc, importlib.machinery, sys
 
-  class _Refuse(importlib.abc.Loader):
-    def create_module(self, spec):
-      return None
 
-    def exec_module(self, module):
-      raise ImportError(f"{{module.__name__}} is blocked: this error must come before it")
+def import_blocker(packages) -> str:
+  """sitecustomize source that makes `packages` (and their submodules) fail on import."""
+  return textwrap.dedent(
+    f"""
+    import importlib.abc, importlib.machinery, sys
 
-  class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-      if name.split(".")[0] in {HEAVY!r}:
-        return importlib.machinery.ModuleSpec(name, _Refuse())
-      return None
+    class _Refuse(importlib.abc.Loader):
+      def create_module(self, spec):
+        return None
 
-  sys.meta_path.insert(0, _Block())
-  """
-)
+      def exec_module(self, module):
+        raise ImportError(f"{{module.__name__}} is blocked: this error must come before it")
+
+    class _Block(importlib.abc.MetaPathFinder):
+      def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {tuple(packages)!r}:
+          return importlib.machinery.ModuleSpec(name, _Refuse())
+        return None
+
+    sys.meta_path.insert(0, _Block())
+    """
+  )
+
+
+BLOCKER = import_blocker(HEAVY)
 
 
 @pytest.fixture(scope="module")
@@ -505,29 +512,14 @@ def test_infer_checks_labels_as_training_does(model_file, tmp_path, labels, mess
 # and before TensorFlow (seconds to import) is loaded. tensorflow_datasets itself imports.
 OFFLINE = textwrap.dedent(
   """
-  import importlib.abc, importlib.machinery, socket, sys
+  import socket
 
   def _offline(*args, **kwargs):
     raise socket.gaierror(-2, "Name or service not known (offline: the test's sitecustomize)")
 
   socket.getaddrinfo = socket.create_connection = _offline
-
-  class _Refuse(importlib.abc.Loader):
-    def create_module(self, spec):
-      return None
-
-    def exec_module(self, module):
-      raise ImportError(f"{module.__name__} is blocked: this error must come before it")
-
-  class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-      if name.split(".")[0] == "tensorflow":
-        return importlib.machinery.ModuleSpec(name, _Refuse())
-      return None
-
-  sys.meta_path.insert(0, _Block())
   """
-)
+) + import_blocker(["tensorflow"])
 
 
 def _run_cifar10(tmp_path, *args):
